@@ -1,0 +1,3 @@
+from sdvg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,325 @@
+"""`sdvg bench`: the paper's quality/speed study over a prompt set.
+
+Per prompt: target-only, draft-only, SDVG over a tau sweep, and ablations (random routing at the accept rate SDVG
+measured for that prompt and tau, mean-frame scoring, target-for-block-0-only, hybrid stitching, T-Stitch). One JSON
+line per (prompt, sample, run) in DIR/results.jsonl, appended atomically; a re-run skips finished rows. Under torchrun
+every rank takes prompts round-robin, writes DIR/results.rank{R}.jsonl, and rank 0 merges and summarises.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sdvg.io import append_jsonl, atomic_path, export_to_video, read_jsonl, read_prompts, safe_name, write_json
+from sdvg.seeding import video_seed
+
+ALL_MODES = ("target", "draft", "sdvg", "random", "mean", "first", "hybrid", "stitch")
+DEFAULT_MODES = ("target", "draft", "sdvg", "random", "mean", "first", "hybrid")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One configuration of the study, run once per (prompt, sample)."""
+
+    label: str  # target | draft | sdvg | random | mean | first | hybrid | stitch
+    mode: str  # the pipeline mode
+    tau: float | None = None
+    router: str | None = None
+    stitch_steps: int = 0
+
+    @property
+    def key(self) -> str:
+        return self.label if self.tau is None else f"{self.label}@{self.tau:g}"
+
+
+def plan_runs(modes: list[str], taus: list[float], stitch_steps: int) -> list[Run]:
+    """Runs in dependency order (random needs the SDVG accept rate of the same prompt and tau)."""
+    bad = sorted(set(modes) - set(ALL_MODES))
+    if bad:
+        raise ValueError(f"unknown --modes {bad}; choose from {', '.join(ALL_MODES)}")
+    if "random" in modes and "sdvg" not in modes:
+        raise ValueError("--modes random needs sdvg too (it routes at the accept rate SDVG measured)")
+    runs: list[Run] = []
+    if "target" in modes:
+        runs.append(Run("target", "target"))
+    if "draft" in modes:
+        runs.append(Run("draft", "draft"))
+    if "first" in modes:
+        runs.append(Run("first", "sdvg", router="accept-all"))
+    if "stitch" in modes:
+        runs.append(Run("stitch", "stitch", stitch_steps=stitch_steps))
+    for tau in taus:
+        if "sdvg" in modes:
+            runs.append(Run("sdvg", "sdvg", tau, "threshold"))
+        if "mean" in modes:
+            runs.append(Run("mean", "sdvg", tau, "mean"))
+        if "hybrid" in modes:
+            runs.append(Run("hybrid", "sdvg", tau, "threshold", stitch_steps))
+        if "random" in modes:
+            runs.append(Run("random", "sdvg", tau, "random"))
+    return runs
+
+
+def row_key(prompt_index: int, sample: int, run_key: str) -> str:
+    return f"{prompt_index}/{sample}/{run_key}"
+
+
+def _dist():
+    """(rank, world_size), initialising torch.distributed when launched by torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def shard(n: int, rank: int, world: int) -> list[int]:
+    """Round-robin: every index lands on exactly one rank, none dropped."""
+    return list(range(rank, n, world))
+
+
+def finished_keys(out: Path) -> set[str]:
+    keys = set()
+    for f in [out / "results.jsonl", *sorted(out.glob("results.rank*.jsonl"))]:
+        keys.update(r["key"] for r in read_jsonl(f))
+    return keys
+
+
+def merge_results(out: Path) -> list[dict]:
+    """Union of all rank files and the merged file, one row per key, in (prompt, sample, run) order."""
+    rows: dict[str, dict] = {}
+    for f in [out / "results.jsonl", *sorted(out.glob("results.rank*.jsonl"))]:
+        for r in read_jsonl(f):
+            rows.setdefault(r["key"], r)
+    merged = sorted(rows.values(), key=lambda r: (r["prompt_index"], r["sample"], r["run_order"]))
+    with atomic_path(out / "results.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in merged), encoding="utf-8")
+    for f in out.glob("results.rank*.jsonl"):
+        f.unlink()
+    return merged
+
+
+def check_config(out: Path, config: dict, force: bool) -> None:
+    """Refuse to mix results of different studies in one --out (unless --force)."""
+    path = out / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != config and not force:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise ValueError(f"{out} holds results of a different study (changed: {', '.join(diff)}); "
+                             f"use another --out, or --force to start over there")
+        if old != config and force:
+            for f in [out / "results.jsonl", *out.glob("results.rank*.jsonl")]:
+                f.unlink(missing_ok=True)
+    write_json(path, config)
+
+
+def run_study(models, prompts: list[str], out: Path, *, runs: list[Run], samples: int = 1, seed: int = 0,
+              rank: int = 0, world: int = 1, save_videos: str | None = None, fps: int = 16,
+              warmup: bool = True, log=print) -> int:
+    """Run this rank's share of the study; returns the number of rows written now."""
+    done_rows = {r["key"]: r for f in [out / "results.jsonl", *sorted(out.glob("results.rank*.jsonl"))]
+                 for r in read_jsonl(f)}
+    rows_file = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
+    mine = shard(len(prompts), rank, world)
+    todo = [(i, s) for i in mine for s in range(samples)
+            if any(row_key(i, s, r.key) not in done_rows for r in runs)]
+    pipes: dict[tuple, object] = {}
+
+    def pipe_for(r: Run, accept_rate: float = 0.5):
+        k = (r.router, r.tau, accept_rate if r.router == "random" else None)
+        if k not in pipes:
+            pipes[k] = models.pipeline(router=r.router or "reject-all", tau=r.tau, accept_rate=accept_rate,
+                                       seed=seed)
+        return pipes[k]
+
+    if warmup and todo:  # untimed videos so that timings exclude lazy init and allocator growth
+        for r in [r for r in runs if r.label in ("target", "draft")] or runs[:1]:
+            pipe_for(r)(prompts[todo[0][0]], mode=r.mode, seed=seed, stitch_steps=r.stitch_steps)
+    written = 0
+    for i, s in todo:
+        prompt, vseed = prompts[i], video_seed(seed, i, s)
+        for order, r in enumerate(runs):
+            key = row_key(i, s, r.key)
+            if key in done_rows:
+                continue
+            acc = 0.5
+            if r.label == "random":  # the accept rate SDVG measured on this video at this tau
+                acc = done_rows[row_key(i, s, Run("sdvg", "sdvg", r.tau).key)]["accept_rate"] or 0.0
+            res = pipe_for(r, acc)(prompt, mode=r.mode, seed=vseed, stitch_steps=r.stitch_steps)
+            tr = res.trace
+            q = models.evaluator.evaluate(res.frames, prompt) if models.evaluator is not None else {}
+            row = dict(key=key, run=r.key, run_order=order, label=r.label, mode=r.mode, tau=r.tau, router=r.router,
+                       stitch_steps=r.stitch_steps, prompt_index=i, sample=s, prompt=prompt, seed=vseed,
+                       routed_accept_rate=acc if r.label == "random" else None,
+                       wall_s=tr.wall_s, drafter_forwards=tr.drafter_forwards, target_forwards=tr.target_forwards,
+                       accept_rate=tr.accept_rate, accepted=[b.accepted for b in tr.blocks],
+                       block_scores=[b.score for b in tr.blocks], quality=q.get("quality"), quality_detail=q,
+                       peak_mem_mb=tr.peak_mem_mb, rank=rank, world=world)
+            if save_videos:
+                name = f"{prompt}-{s}" if save_videos == "vbench" else f"{i:05d}-{s}-{safe_name(prompt, 60)}"
+                export_to_video(res.frames, out / "videos" / r.key / f"{name}.mp4", fps=fps)
+            append_jsonl(rows_file, row)
+            done_rows[key] = row
+            written += 1
+            log(f"[rank {rank}] prompt {i} sample {s} {r.key:>14}: {tr.summary()}  quality {row['quality']}")
+    return written
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """The paper's Table 1/2 shape: one line per run key, speedup and retention against target-only."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["run"], []).append(r)
+    ref = by.get("target", [])
+    ref_t, ref_q = _mean([r["wall_s"] for r in ref]), _mean([r["quality"] for r in ref])
+    ref_f = _mean([r["target_forwards"] for r in ref])
+    out = []
+    for key, rs in sorted(by.items(), key=lambda kv: kv[1][0]["run_order"]):
+        t, q = _mean([r["wall_s"] for r in rs]), _mean([r["quality"] for r in rs])
+        width = max(len(r["accepted"]) for r in rs)
+        pos = [_mean([float(r["accepted"][b]) for r in rs if b < len(r["accepted"]) and r["accepted"][b] is not None])
+               for b in range(width)]
+        out.append(dict(
+            run=key, label=rs[0]["label"], tau=rs[0]["tau"], videos=len(rs), quality=q,
+            retention_pct=100 * q / ref_q if q is not None and ref_q else None,
+            time_s=t, speedup=ref_t / t if ref_t and t else None,
+            accept_rate=_mean([r["accept_rate"] for r in rs]),
+            drafter_forwards=_mean([r["drafter_forwards"] for r in rs]),
+            target_forwards=_mean([r["target_forwards"] for r in rs]),
+            target_forward_ratio=(ref_f / _mean([r["target_forwards"] for r in rs])
+                                  if ref_f and _mean([r["target_forwards"] for r in rs]) else None),
+            accept_by_position=pos))
+    return out
+
+
+def _fmt(v, spec=".3f"):
+    return "–" if v is None else format(v, spec)
+
+
+def write_summary(out: Path, rows: list[dict]) -> list[dict]:
+    summary = summarise(rows)
+    cols = ["run", "videos", "quality", "retention_pct", "time_s", "speedup", "accept_rate", "drafter_forwards",
+            "target_forwards", "target_forward_ratio"]
+    with atomic_path(out / "summary.csv") as tmp:
+        import csv
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(cols + ["accept_by_position"])
+            for s in summary:
+                w.writerow([s[c] for c in cols] + [" ".join(_fmt(p, ".2f") for p in s["accept_by_position"])])
+    md = ["| run | videos | quality | retention % | time (s) | speedup | accept rate | drafter fwd | target fwd |"
+          " accept by block position |", "|" + "---|" * 10]
+    for s in summary:
+        md.append(f"| {s['run']} | {s['videos']} | {_fmt(s['quality'], '.4f')} | {_fmt(s['retention_pct'], '.1f')} "
+                  f"| {_fmt(s['time_s'], '.2f')} | {_fmt(s['speedup'], '.2f')}× | {_fmt(s['accept_rate'], '.2f')} "
+                  f"| {_fmt(s['drafter_forwards'], '.1f')} | {_fmt(s['target_forwards'], '.1f')} "
+                  f"| {' '.join(_fmt(p, '.2f') for p in s['accept_by_position'])} |")
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
+    plot_pareto(out / "pareto.png", summary)
+    return summary
+
+
+def plot_pareto(path: Path, summary: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    pts = {s["run"]: s for s in summary if s["speedup"] is not None and s["quality"] is not None}
+    front = sorted((s for s in pts.values() if s["label"] == "sdvg"), key=lambda s: s["speedup"])
+    if front:
+        ax.plot([s["speedup"] for s in front], [s["quality"] for s in front], "o-", label="SDVG (τ sweep)")
+        for s in front:
+            ax.annotate(f"τ={s['tau']:g}", (s["speedup"], s["quality"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+    style = {"target": ("*", "target only"), "draft": ("s", "draft only"), "first": ("^", "target block 0 only"),
+             "stitch": ("D", "T-Stitch"), "random": ("x", "random routing"), "mean": ("+", "mean-frame score"),
+             "hybrid": ("v", "hybrid (stitch on reject)")}
+    for label, (marker, name) in style.items():
+        ss = [s for s in pts.values() if s["label"] == label]
+        if ss:
+            ax.scatter([s["speedup"] for s in ss], [s["quality"] for s in ss], marker=marker, label=name, s=40)
+    ax.set_xlabel("speedup vs target only (wall time)")
+    ax.set_ylabel("quality (evaluator)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def bench_main(argv: list[str]) -> int:
+    from sdvg.cli import _config_defaults, _tau, add_model_args, load_models
+
+    p = argparse.ArgumentParser(prog="sdvg bench", description=__doc__.split("\n")[0])
+    p.add_argument("--prompts", help="prompt file, one per line (default: the built-in world's prompt set)")
+    p.add_argument("--out", default="bench")
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"comma list from {','.join(ALL_MODES)}")
+    p.add_argument("--taus", default=None, help="comma list (default: the model set's sweep)")
+    p.add_argument("--stitch-steps", type=int, default=2, help="k for hybrid/stitch runs")
+    p.add_argument("--samples", type=int, default=1)
+    p.add_argument("--limit", type=int, default=None, help="only the first N prompts (a quick look)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-videos", choices=("vbench", "index"), default=None,
+                   help="vbench: DIR/videos/RUN/{prompt}-{sample}.mp4 as VBench expects; index: numbered names")
+    p.add_argument("--fps", type=int, default=16)
+    p.add_argument("--force", action="store_true", help="start over in an --out that holds another study")
+    p.add_argument("--no-warmup", action="store_true")
+    p.add_argument("--config", help="JSON/TOML file of flag values")
+    add_model_args(p)
+    _config_defaults(p, argv)
+    args = p.parse_args(argv)
+
+    rank, world = _dist()
+    models = load_models(args)
+    prompts = read_prompts(args.prompts) if args.prompts else list(models.prompts)
+    if not prompts:
+        raise ValueError("no prompts: pass --prompts FILE")
+    if args.limit is not None:
+        prompts = prompts[: args.limit]
+    taus = [_tau(t) for t in args.taus.split(",")] if args.taus else list(models.default_taus)
+    runs = plan_runs([m.strip() for m in args.modes.split(",") if m.strip()], taus, args.stitch_steps)
+    out = Path(args.out)
+    config = dict(models=models.name, checkpoints=[args.drafter, args.target, args.vae, args.scorer_path],
+                  cache_policy=args.cache_policy, runs=[asdict(r) for r in runs], samples=args.samples,
+                  seed=args.seed, num_blocks=models.video.num_blocks,
+                  prompts_sha=hashlib.sha256("\n".join(read_prompts(args.prompts) if args.prompts
+                                                       else models.prompts).encode()).hexdigest()[:16])
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        check_config(out, config, args.force)
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+    t0 = time.perf_counter()
+    n = run_study(models, prompts, out, runs=runs, samples=args.samples, seed=args.seed, rank=rank, world=world,
+                  save_videos=args.save_videos, fps=args.fps, warmup=not args.no_warmup)
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+    if rank == 0:
+        rows = merge_results(out)
+        summary = write_summary(out, rows)
+        print((out / "summary.md").read_text())
+        print(f"{n} new rows in {time.perf_counter() - t0:.1f}s on rank 0; {len(rows)} rows in {out / 'results.jsonl'}; "
+              f"{len(summary)} runs summarised; plot {out / 'pareto.png'}")
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0

@@ -1,0 +1,545 @@
+"""Checkpoint formats: detection, key conversion, strict low-memory loading, saving, and `sdvg inspect`.
+
+Every Wan2.1 DiT release stores the same tensors under a different wrapper: original Wan naming (HF
+`diffusion_pytorch_model*.safetensors`), Self-Forcing `.pt` dicts (`generator`/`generator_ema`/`model`, keys
+prefixed `model.`), Krea's single `.safetensors` (prefixed `model.`) and diffusers' `WanTransformer3DModel` folders.
+All of them are mapped onto the original naming, which is what `WanDiT` uses. Shapes are checked from file headers
+before any data is read, so a wrong file fails in milliseconds with a message saying which preset it looks like.
+Only local paths are read (no hub).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import struct
+import sys
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from sdvg.config import DIT_PRESETS, DiTConfig
+from sdvg.vae import vae_key_to_diffusers, vae_key_to_original, vae_num_res_blocks
+
+# ---------------------------------------------------------------- key conversion (DiT)
+# (original, diffusers) regex pairs; applied to the key suffix after an optional `blocks.N.`.
+_DIT_TOP = [("head.modulation", "scale_shift_table"), ("head.head.", "proj_out."),
+            ("time_embedding.0.", "condition_embedder.time_embedder.linear_1."),
+            ("time_embedding.2.", "condition_embedder.time_embedder.linear_2."),
+            ("time_projection.1.", "condition_embedder.time_proj."),
+            ("text_embedding.0.", "condition_embedder.text_embedder.linear_1."),
+            ("text_embedding.2.", "condition_embedder.text_embedder.linear_2.")]
+_DIT_BLOCK = [("modulation", "scale_shift_table"), ("self_attn.", "attn1."), ("cross_attn.", "attn2."),
+              ("norm3.", "norm2."), ("ffn.0.", "ffn.net.0.proj."), ("ffn.2.", "ffn.net.2.")]
+_ATTN = [("q.", "to_q."), ("k.", "to_k."), ("v.", "to_v."), ("o.", "to_out.0."), ("norm_q.", "norm_q."),
+         ("norm_k.", "norm_k.")]
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.*)$")
+
+
+def _swap(key: str, table: list[tuple[str, str]], to_diffusers: bool) -> str | None:
+    for a, b in table:
+        src, dst = (a, b) if to_diffusers else (b, a)
+        if key == src or (src.endswith(".") and key.startswith(src)):
+            return dst + key[len(src):]
+    return None
+
+
+def dit_key_to_diffusers(key: str) -> str:
+    return _dit_key(key, True)
+
+
+def dit_key_to_original(key: str) -> str:
+    return _dit_key(key, False)
+
+
+def _dit_key(key: str, to_diffusers: bool) -> str:
+    m = _BLOCK_RE.match(key)
+    if not m:
+        return _swap(key, _DIT_TOP, to_diffusers) or key
+    n, rest = m.groups()
+    new = _swap(rest, _DIT_BLOCK, to_diffusers)
+    if new is None:
+        return key
+    for attn in (("self_attn.", "cross_attn.") if not to_diffusers else ("attn1.", "attn2.")):
+        if new.startswith(attn):
+            new = attn + (_swap(new[len(attn):], _ATTN, to_diffusers) or new[len(attn):])
+    return f"blocks.{n}.{new}"
+
+
+# ---------------------------------------------------------------- file reading (headers, lazily)
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+_WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """name -> (shape, dtype) from the JSON header only (a 28 GB file costs one small read)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        if n > 100_000_000:
+            raise ValueError(f"{path}: not a safetensors file (header length {n})")
+        head = json.loads(f.read(n))
+    return {k: (tuple(v["shape"]), _ST_DTYPES.get(v["dtype"], torch.float32)) for k, v in head.items()
+            if k != "__metadata__"}
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _clean(key: str) -> str:
+    for w in _WRAPPERS:
+        key = key.replace(w, "")
+    return key[len("module."):] if key.startswith("module.") else key
+
+
+def _naming(keys) -> str:
+    keys = set(keys)
+    if any(k.startswith(("blip.", "mlp.")) for k in keys) and any(k.startswith("blip.") for k in keys):
+        return "imagereward"
+    if any(k.startswith("decoder.") for k in keys):
+        return "vae-diffusers" if any(".conv_in." in k or k.startswith("post_quant_conv") for k in keys) \
+            else "vae-original"
+    if any(k.startswith(("condition_embedder.", "proj_out.")) or ".attn1." in k for k in keys):
+        return "diffusers"
+    if any(k.startswith(("patch_embedding.", "head.head.")) or ".self_attn." in k for k in keys):
+        return "original"
+    return "unknown"
+
+
+@dataclass
+class _Source:
+    """Where the tensors of one checkpoint live; `shapes` is in the file's own naming without wrapper prefixes."""
+
+    files: list[Path]
+    fmt: str
+    naming: str
+    prefix: str = ""
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = field(default_factory=dict)
+    where: dict[str, Path] = field(default_factory=dict)  # key (with prefix) -> safetensors file
+    pt: dict | None = None  # the chosen (memory-mapped) state dict of a .pt
+    variants: tuple[str, ...] = ()
+    variant: str | None = None
+    config: dict | None = None
+
+
+def _open(path: str | Path, ema: bool = True) -> _Source:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    config = None
+    if p.is_dir():
+        if not any(p.glob("*.safetensors*")) and (p / "transformer" / "config.json").is_file():
+            p = p / "transformer"  # a diffusers pipeline folder
+        if (p / "config.json").is_file():
+            config = json.loads((p / "config.json").read_text())
+        idx = sorted(p.glob("*.safetensors.index.json"))
+        files = sorted(p.glob("*.safetensors"))
+        if idx:
+            p = idx[0]
+        elif len(files) == 1:
+            p = files[0]
+        elif files:
+            raise ValueError(f"{path}: several .safetensors files and no .index.json: {[f.name for f in files]}")
+        else:
+            pth = sorted(p.glob("*.pt")) + sorted(p.glob("*.pth"))
+            if len(pth) != 1:
+                raise ValueError(f"{path}: found no checkpoint file (.safetensors, .safetensors.index.json, .pt)")
+            p = pth[0]
+    elif p.name.endswith(".safetensors") and (p.parent / "config.json").is_file():
+        config = json.loads((p.parent / "config.json").read_text())
+    if p.name.endswith(".index.json"):
+        wm = json.loads(p.read_text())["weight_map"]
+        files = sorted({p.parent / f for f in wm.values()})
+        src = _Source(files=[p, *files], fmt="sharded", naming="unknown", config=config)
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"{p}: shard {f.name} listed in the index is missing")
+            for k, v in safetensors_header(f).items():
+                src.shapes[k], src.where[k] = v, f
+    elif p.suffix == ".safetensors":
+        src = _Source(files=[p], fmt="safetensors", naming="unknown", config=config)
+        src.shapes = safetensors_header(p)
+        src.where = {k: p for k in src.shapes}
+    else:
+        try:
+            obj = _torch_load(p)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we read"
+            raise ValueError(f"{p}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{p}: expected a dict of tensors, got {type(obj).__name__}")
+        subs = tuple(k for k in ("generator", "generator_ema", "model", "critic", "state_dict")
+                     if isinstance(obj.get(k), dict))
+        src = _Source(files=[p], fmt="pt", naming="unknown", variants=subs)
+        if subs:
+            pick = [k for k in (("generator_ema", "generator") if ema else ("generator", "generator_ema"))
+                    + ("model", "state_dict") if k in subs]
+            if not pick:
+                raise ValueError(f"{p}: a training checkpoint holding only {list(subs)}; no generator weights")
+            src.variant, obj = pick[0], obj[pick[0]]
+            src.fmt = "self-forcing"
+        src.pt = {_clean(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        src.shapes = {k: (tuple(v.shape), v.dtype) for k, v in src.pt.items()}
+    if src.fmt != "pt" and src.fmt != "self-forcing":
+        src.shapes = {_clean(k): v for k, v in src.shapes.items()}
+        src.where = {_clean(k): v for k, v in src.where.items()}
+    keys = list(src.shapes)
+    if keys and all(k.startswith("model.") for k in keys):
+        src.prefix = "model."
+        if src.fmt == "safetensors":
+            src.fmt = "krea"
+    src.naming = _naming(k[len(src.prefix):] for k in keys)
+    if src.fmt in ("safetensors", "sharded", "pt"):
+        src.fmt = {"diffusers": "diffusers", "original": "original", "vae-original": "wan-vae",
+                   "vae-diffusers": "diffusers-vae", "imagereward": "imagereward"}.get(src.naming, src.fmt)
+    return src
+
+
+def _to_original(src: _Source, key: str) -> str:
+    k = key[len(src.prefix):]
+    if src.naming == "diffusers":
+        return dit_key_to_original(k)
+    if src.naming == "vae-diffusers":
+        return vae_key_to_original(k, vae_num_res_blocks(src.shapes))
+    return k
+
+
+def _iter_tensors(src: _Source, keys: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(file key, tensor) one at a time, so host memory holds at most one tensor beyond the model."""
+    keys = list(src.shapes) if keys is None else keys
+    if src.pt is not None:
+        for k in keys:
+            yield k, src.pt[k]
+        return
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[str]] = {}
+    for k in keys:
+        by_file.setdefault(src.where[k], []).append(k)
+    for f, ks in by_file.items():
+        with safe_open(str(f), framework="pt", device="cpu") as h:
+            names = {_clean(n): n for n in h.keys()}
+            for k in ks:
+                yield k, h.get_tensor(names[k])
+
+
+# ---------------------------------------------------------------- presets and configs from shapes
+def infer_dit_config(shapes: dict[str, tuple[int, ...]], config: dict | None = None) -> DiTConfig | None:
+    """The DiTConfig a set of original-naming shapes implies (heads from a matching preset, a diffusers config or
+    head_dim 128 as in every Wan2.1 size)."""
+    try:
+        pe = shapes["patch_embedding.weight"]
+        dim, in_dim, patch = pe[0], pe[1], tuple(pe[2:])
+        layers = 1 + max(int(m.group(1)) for k in shapes if (m := _BLOCK_RE.match(k)))
+        ffn = shapes["blocks.0.ffn.0.weight"][0]
+        text_dim = shapes["text_embedding.0.weight"][1]
+        freq = shapes["time_embedding.0.weight"][1]
+        out_dim = shapes["head.head.weight"][0] // math.prod(patch)
+    except (KeyError, ValueError, IndexError):
+        return None
+    heads = None
+    for cfg in DIT_PRESETS.values():
+        if cfg.dim == dim:
+            heads = cfg.num_heads
+    if config and "num_attention_heads" in config:
+        heads = config["num_attention_heads"]
+    heads = heads or max(1, dim // 128)
+    try:
+        return DiTConfig(dim=dim, ffn_dim=ffn, num_heads=heads, num_layers=layers, in_dim=in_dim, out_dim=out_dim,
+                         text_dim=text_dim, freq_dim=freq, patch_size=patch,
+                         qk_norm="blocks.0.self_attn.norm_q.weight" in shapes,
+                         cross_attn_norm="blocks.0.norm3.weight" in shapes)
+    except ValueError:
+        return None
+
+
+def match_preset(cfg: DiTConfig | None) -> str | None:
+    if cfg is None:
+        return None
+    for name, p in DIT_PRESETS.items():
+        if (p.dim, p.ffn_dim, p.num_layers, p.in_dim, p.out_dim, p.text_dim, p.freq_dim) == \
+                (cfg.dim, cfg.ffn_dim, cfg.num_layers, cfg.in_dim, cfg.out_dim, cfg.text_dim, cfg.freq_dim):
+            return name
+    return None
+
+
+def _describe(cfg: DiTConfig | None) -> str:
+    if cfg is None:
+        return "an unrecognised DiT"
+    name = match_preset(cfg)
+    if name is None:
+        return (f"a DiT with dim {cfg.dim}, {cfg.num_layers} blocks, ffn {cfg.ffn_dim}, matching no preset "
+                "(truncated or custom?)")
+    size = {"wan2.1-1.3b": "1.3B", "wan2.1-14b": "14B"}.get(name, name)
+    return (f"a {size} checkpoint (dim {cfg.dim}, {cfg.num_layers} blocks); use the preset {name!r} "
+            f"(--target-preset/--drafter-preset {name})")
+
+
+# ---------------------------------------------------------------- public API
+@dataclass
+class CheckpointInfo:
+    path: str
+    format: str  # self-forcing | krea | original | diffusers | wan-vae | diffusers-vae | imagereward | unknown
+    kind: str  # dit | vae | imagereward | unknown
+    preset: str | None
+    num_tensors: int
+    num_params: int
+    dtypes: dict[str, int]
+    variants: tuple[str, ...] = ()
+    variant: str | None = None
+    sharded: bool = False
+    config: DiTConfig | None = None
+
+
+def detect_format(path: str | Path, ema: bool = True) -> CheckpointInfo:
+    """Identify a checkpoint from headers only (safetensors JSON header, or a memory-mapped .pt)."""
+    src = _open(path, ema)
+    return _info(path, src)
+
+
+def _info(path, src: _Source) -> CheckpointInfo:
+    kind = {"original": "dit", "diffusers": "dit", "vae-original": "vae", "vae-diffusers": "vae",
+            "imagereward": "imagereward"}.get(src.naming, "unknown")
+    cfg = infer_dit_config({_to_original(src, k): s for k, (s, _) in src.shapes.items()}, src.config) \
+        if kind == "dit" else None
+    return CheckpointInfo(path=str(path), format=src.fmt if src.naming != "unknown" else "unknown", kind=kind,
+                          preset=match_preset(cfg), num_tensors=len(src.shapes),
+                          num_params=sum(math.prod(s) for s, _ in src.shapes.values()),
+                          dtypes=dict(Counter(str(d).replace("torch.", "") for _, d in src.shapes.values())),
+                          variants=src.variants, variant=src.variant,
+                          sharded=any(f.name.endswith(".index.json") for f in src.files), config=cfg)
+
+
+def load_state_dict_any(path: str | Path, ema: bool = True) -> dict[str, torch.Tensor]:
+    """All tensors of any supported checkpoint, in original naming (Wan DiT / Wan VAE), prefixes stripped."""
+    src = _open(path, ema)
+    return {_to_original(src, k): t for k, t in _iter_tensors(src)}
+
+
+def check_keys(path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], hint: str = "") -> None:
+    """Raise a ValueError naming the file, the first missing/unexpected/mis-shaped tensors and a hint."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    bad = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    if not (missing or unexpected or bad):
+        return
+
+    def few(ks, f=str):
+        return ", ".join(f(k) for k in ks[:5]) + (f", ... (+{len(ks) - 5})" if len(ks) > 5 else "")
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing tensors ({few(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensors ({few(unexpected)})")
+    if bad:
+        shape = lambda s: "x".join(map(str, s)) or "scalar"  # noqa: E731
+        parts.append(f"{len(bad)} shape mismatches ({few(bad, lambda k: f'{k}: file {shape(found[k])}, model {shape(expected[k])}')})")
+    raise ValueError(f"{path}: does not fit the model: " + "; ".join(parts) + (f". {hint}" if hint else ""))
+
+
+@contextmanager
+def params_on_meta():
+    """Build modules with parameters on `meta` and buffers real (so RoPE tables etc. are still computed)."""
+    orig = nn.Module.register_parameter
+
+    def register(self, name, param):
+        orig(self, name, param)
+        if param is not None and param.device.type != "meta":
+            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = orig
+
+
+def _expected_dit(cfg: DiTConfig) -> dict[str, tuple[int, ...]]:
+    from sdvg.wan import WanDiT
+
+    with torch.device("meta"):
+        m = WanDiT(cfg)
+    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
+
+def load_dit(path: str | Path, cfg: DiTConfig | str, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32, ema: bool = True):
+    """A WanDiT with the weights of any supported DiT checkpoint, checked strictly before any data is read.
+
+    Host memory stays near one copy: the model is built with meta parameters and each tensor is read, cast, moved and
+    assigned one at a time (safetensors via `safe_open`, .pt via `torch.load(mmap=True)`).
+    """
+    from sdvg.config import dit_preset
+    from sdvg.wan import WanDiT
+
+    cfg = dit_preset(cfg) if isinstance(cfg, str) else cfg
+    src = _open(path, ema)
+    if src.naming not in ("original", "diffusers"):
+        raise ValueError(f"{path}: not a Wan DiT checkpoint (looks like {src.fmt!r}: {src.naming})")
+    names = {k: _to_original(src, k) for k in src.shapes}
+    found = {names[k]: s for k, (s, _) in src.shapes.items()}
+    check_keys(path, _expected_dit(cfg), found, hint=f"This is {_describe(infer_dit_config(found, src.config))}")
+    with params_on_meta():
+        model = WanDiT(cfg)
+    device = torch.device(device)
+    sd = {}
+    for k, t in _iter_tensors(src):
+        sd[names[k]] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, copy=True)
+    model.load_state_dict(sd, strict=True, assign=True)
+    model.to(device)  # non-persistent buffers
+    return model.eval().requires_grad_(False)
+
+
+def _state(model_or_sd) -> dict[str, torch.Tensor]:
+    sd = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else dict(model_or_sd)
+    return {k: v.detach().contiguous() for k, v in sd.items()}
+
+
+def _save_st(sd: dict[str, torch.Tensor], path: Path, max_shard_bytes: int | None) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not max_shard_bytes:
+        save_file(sd, str(path), metadata={"format": "pt"})
+        return
+    shards, cur, size = [], {}, 0
+    for k, v in sd.items():
+        nb = v.numel() * v.element_size()
+        if cur and size + nb > max_shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k], size = v, size + nb
+    shards.append(cur)
+    stem = path.name[: -len(".safetensors")]
+    wm = {}
+    for i, sh in enumerate(shards):
+        name = f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(sh, str(path.parent / name), metadata={"format": "pt"})
+        wm.update({k: name for k in sh})
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    (path.parent / f"{path.name}.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": wm}, indent=2))
+
+
+def diffusers_dit_config(cfg: DiTConfig) -> dict:
+    return {"_class_name": "WanTransformer3DModel", "_diffusers_version": "0.42.1", "patch_size": list(cfg.patch_size),
+            "num_attention_heads": cfg.num_heads, "attention_head_dim": cfg.head_dim, "in_channels": cfg.in_dim,
+            "out_channels": cfg.out_dim, "text_dim": cfg.text_dim, "freq_dim": cfg.freq_dim, "ffn_dim": cfg.ffn_dim,
+            "num_layers": cfg.num_layers, "cross_attn_norm": cfg.cross_attn_norm,
+            "qk_norm": "rms_norm_across_heads" if cfg.qk_norm else None, "eps": cfg.eps, "image_dim": None,
+            "added_kv_proj_dim": None, "rope_max_seq_len": 1024}
+
+
+def save_dit(model, path: str | Path, fmt: str = "original", *, ema=None, max_shard_bytes: int | None = None,
+             cfg: DiTConfig | None = None) -> Path:
+    """Write a DiT (module or original-naming state dict) in a real release layout.
+
+    fmt: original (`diffusion_pytorch_model.safetensors`, sharded with an index when `max_shard_bytes`),
+    diffusers (a `WanTransformer3DModel` folder), self-forcing (`{'generator', 'generator_ema'?}` .pt),
+    ode-init (`{'model': ...}` .pt), krea (single safetensors, `model.` prefix). `ema` adds generator_ema.
+    Returns the path a loader should be given.
+    """
+    sd, p = _state(model), Path(path)
+    cfg = cfg or getattr(model, "cfg", None)
+    if fmt in ("original", "diffusers"):
+        if p.suffix != ".safetensors":
+            p.mkdir(parents=True, exist_ok=True)
+            f = p / "diffusion_pytorch_model.safetensors"
+        else:
+            f = p
+        if fmt == "diffusers":
+            sd = {dit_key_to_diffusers(k): v for k, v in sd.items()}
+            cfg = cfg or infer_dit_config({k: tuple(v.shape) for k, v in _state(model).items()})
+            f.parent.mkdir(parents=True, exist_ok=True)
+            (f.parent / "config.json").write_text(json.dumps(diffusers_dit_config(cfg), indent=2))
+        _save_st(sd, f, max_shard_bytes)
+        return p
+    if fmt == "krea":
+        _save_st({"model." + k: v for k, v in sd.items()}, p, None)
+        return p
+    if fmt in ("self-forcing", "ode-init"):
+        obj = {"generator" if fmt == "self-forcing" else "model": {"model." + k: v for k, v in sd.items()}}
+        if ema is not None:
+            obj["generator_ema"] = {"model." + k: v for k, v in _state(ema).items()}
+        p.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, p)
+        return p
+    raise ValueError(f"unknown checkpoint format {fmt!r}; choose original, diffusers, self-forcing, ode-init, krea")
+
+
+# ---------------------------------------------------------------- inspect
+@dataclass
+class InspectReport:
+    info: CheckpointInfo
+    ok: bool
+    message: str
+
+
+def inspect_checkpoint(path: str | Path, preset: str | None = None, ema: bool = True) -> InspectReport:
+    """Identify a file and try a strict (shape-only) load onto a meta-device model."""
+    src = _open(path, ema)
+    info = _info(path, src)
+    found = {_to_original(src, k): s for k, (s, _) in src.shapes.items()}
+    try:
+        if info.kind == "dit":
+            from sdvg.config import dit_preset
+
+            cfg = dit_preset(preset) if preset else (DIT_PRESETS[info.preset] if info.preset else info.config)
+            if cfg is None:
+                raise ValueError(f"{path}: cannot infer a DiT config; pass --preset")
+            check_keys(path, _expected_dit(cfg), found, hint=f"This is {_describe(info.config)}")
+            return InspectReport(info, True, f"strict load onto WanDiT({preset or info.preset or 'inferred'}): ok")
+        if info.kind == "vae":
+            from sdvg.vae import expected_vae_shapes
+
+            check_keys(path, expected_vae_shapes(vae_num_res_blocks(found), found), found)
+            return InspectReport(info, True, "strict load onto AutoencoderKLWan (config read from the shapes): ok")
+        if info.kind == "imagereward":
+            ok = any(k.startswith("mlp.") for k in found)
+            return InspectReport(info, ok, "ImageReward layout (blip.*, mlp.*)" + ("" if ok else ": no mlp.* head"))
+        return InspectReport(info, False, f"{path}: unrecognised tensor naming (first keys: {list(found)[:5]})")
+    except ValueError as e:
+        return InspectReport(info, False, str(e))
+
+
+def format_report(r: InspectReport) -> str:
+    i = r.info
+    lines = [f"path:      {i.path}", f"format:    {i.format}" + (" (sharded)" if i.sharded else ""),
+             f"kind:      {i.kind}"]
+    if i.variants:
+        lines.append(f"contains:  {', '.join(i.variants)} (using {i.variant})")
+    if i.kind == "dit":
+        c = i.config
+        lines.append(f"preset:    {i.preset or 'none matches'}" + (
+            f" (dim {c.dim}, {c.num_layers} blocks, ffn {c.ffn_dim})" if c else ""))
+    lines += [f"tensors:   {i.num_tensors}", f"params:    {i.num_params:,}",
+              f"dtypes:    {', '.join(f'{k} x{v}' for k, v in sorted(i.dtypes.items()))}",
+              f"check:     {'OK' if r.ok else 'FAILED'}: {r.message}"]
+    return "\n".join(lines)
+
+
+def inspect_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sdvg inspect", description="identify a checkpoint and check it loads strictly "
+                                 "(reads headers only)")
+    ap.add_argument("path")
+    ap.add_argument("--preset", help="DiT preset to check against (default: the one the shapes match)")
+    ap.add_argument("--no-ema", action="store_true", help="Self-Forcing .pt: check 'generator' not 'generator_ema'")
+    a = ap.parse_args(argv)
+    r = inspect_checkpoint(a.path, a.preset, ema=not a.no_ema)
+    print(format_report(r), file=sys.stdout if r.ok else sys.stderr)
+    return 0 if r.ok else 1
+
+
+__all__ = ["CheckpointInfo", "InspectReport", "detect_format", "load_dit", "load_state_dict_any", "save_dit",
+           "inspect_checkpoint", "format_report", "inspect_main", "dit_key_to_diffusers", "dit_key_to_original",
+           "vae_key_to_diffusers", "vae_key_to_original", "vae_num_res_blocks", "infer_dit_config", "match_preset",
+           "check_keys", "params_on_meta", "safetensors_header"]

@@ -1,0 +1,152 @@
+"""Frozen configs and named presets.
+
+Every component takes one of these small dataclasses; presets are plain dict entries so that a new model pair
+is one line. Names follow the Wan2.1 reference so a config reads like the checkpoint it loads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Wan2.1 text-to-video transformer hyper-parameters (the reference `WanModel(...)` arguments)."""
+
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    in_dim: int = 16
+    out_dim: int = 16
+    text_dim: int = 4096
+    text_len: int = 512
+    freq_dim: int = 256
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 2 or self.head_dim < 6:
+            raise ValueError(f"head_dim {self.head_dim} must be even and >= 6 (three RoPE axes)")
+
+
+DIT_PRESETS: dict[str, DiTConfig] = {
+    "wan2.1-1.3b": DiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+    "wan2.1-14b": DiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+    # Tests: same structure, a few thousand parameters.
+    "tiny": DiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=16, text_len=8,
+                      freq_dim=16),
+    "tiny-drafter": DiTConfig(dim=16, ffn_dim=32, num_heads=1, num_layers=1, in_dim=4, out_dim=4, text_dim=16,
+                              text_len=8, freq_dim=16),
+}
+
+
+def dit_preset(name: str) -> DiTConfig:
+    try:
+        return DIT_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown DiT preset {name!r}; choose one of {sorted(DIT_PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Few-step flow-matching schedule, as Self-Forcing derives it.
+
+    `denoising_steps` are indices into a 1000-step shifted table (warp), giving t = 1000, 937.5, 833.3, 625 for shift 5.
+    """
+
+    denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
+    shift: float = 5.0
+    num_train_timesteps: int = 1000
+    warp: bool = True
+    context_noise: float = 0.0  # timestep of the commit pass that writes a final block into the KV cache
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Block-causal KV-cache policy.
+
+    append: Self-Forcing; a finished block is committed by one forward at t=context_noise on its clean latents.
+    recompute: Krea Realtime; before each block the cache is rebuilt from the last `recompute_frames` clean latent
+    frames, with RoPE positions relative to that window.
+    `window_frames` (-1 = all) and `sink_frames` bound attention for videos longer than the training length.
+    """
+
+    policy: Literal["append", "recompute"] = "append"
+    window_frames: int = -1
+    sink_frames: int = 0
+    recompute_frames: int = 9
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Output geometry. Latent sizes follow from the Wan VAE strides (4 temporal, 8 spatial)."""
+
+    height: int = 480
+    width: int = 832
+    num_blocks: int = 9
+    frames_per_block: int = 3  # latent frames
+    vae_stride: tuple[int, int, int] = (4, 8, 8)
+    patch_size: tuple[int, int] = (2, 2)
+
+    def __post_init__(self) -> None:
+        m = self.vae_stride[1] * self.patch_size[0]
+        if self.height % m or self.width % m:
+            raise ValueError(f"resolution {self.width}x{self.height} must be divisible by {m} "
+                             f"(VAE stride {self.vae_stride[1]} x patch {self.patch_size[0]}); try 832x480")
+        if self.num_blocks < 1 or self.frames_per_block < 1:
+            raise ValueError("num_blocks and frames_per_block must be >= 1")
+
+    @property
+    def latent_frames(self) -> int:
+        return self.num_blocks * self.frames_per_block
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        return self.height // self.vae_stride[1], self.width // self.vae_stride[2]
+
+    @property
+    def tokens_per_frame(self) -> int:
+        h, w = self.latent_hw
+        return (h // self.patch_size[0]) * (w // self.patch_size[1])
+
+    @property
+    def num_frames(self) -> int:
+        """Decoded frames: the first latent frame gives 1 frame, every other gives vae_stride[0]."""
+        return 1 + (self.latent_frames - 1) * self.vae_stride[0]
+
+
+VIDEO_PRESETS: dict[str, VideoConfig] = {
+    "wan-480p": VideoConfig(),
+    "tiny": VideoConfig(height=32, width=32, num_blocks=3, frames_per_block=3),
+}
+
+
+@dataclass(frozen=True)
+class SDVGConfig:
+    """The speculative loop's knobs (everything a run's trace records)."""
+
+    mode: Literal["sdvg", "target", "draft", "stitch"] = "sdvg"
+    tau: float = -0.7
+    force_reject_first: bool = True
+    drafter_context: Literal["own", "emitted"] = "own"
+    stitch_steps: int = 0
+    lazy_commit: bool = True
+    seed: int = 0
+
+
+def with_overrides(cfg, **kw):
+    """`dataclasses.replace` that ignores None values (CLI flags left unset)."""
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
+
+
+__all__ = ["DiTConfig", "DIT_PRESETS", "dit_preset", "SamplerConfig", "CacheConfig", "VideoConfig",
+           "VIDEO_PRESETS", "SDVGConfig", "with_overrides"]

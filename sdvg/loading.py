@@ -1,0 +1,175 @@
+"""Build the models a run needs: the embedded world by default, or real checkpoints from local paths.
+
+Kept apart from the CLI so notebooks and the benchmark assemble pipelines the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdvg.config import CacheConfig, SamplerConfig, VideoConfig, dit_preset
+from sdvg.pipeline import SDVGPipeline
+from sdvg.routers import build_router
+from sdvg.sampler import BlockModel
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}") from None
+
+
+@dataclass
+class ModelSet:
+    """Everything loaded once per process; pipelines over it are cheap to make."""
+
+    drafter: Any  # WanDiT or None
+    target: Any  # WanDiT or None
+    decoder: Any  # StreamingDecoder
+    text_encoder: Any
+    scorer: Any | None
+    evaluator: Any | None
+    video: VideoConfig
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    default_taus: tuple[float, ...] = (-0.7, -1.0, -1.5, -2.0, -2.5)
+    default_tau: float = -0.7
+    name: str = "custom"
+    device: torch.device = torch.device("cpu")
+    aux_device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    prompts: tuple[str, ...] = ()  # a default prompt set (the embedded world ships one)
+
+    def pipeline(self, *, router: str = "threshold", tau: float | None = None, accept_rate: float = 0.5,
+                 q: float = 0.1, seed: int = 0, lazy_commit: bool = True,
+                 cache: CacheConfig | None = None) -> SDVGPipeline:
+        """A fresh pipeline (fresh KV caches and router state) over the loaded models."""
+        cache = cache or self.cache
+
+        def block_model(dit):
+            if dit is None:
+                return None
+            return BlockModel(dit, self.video, self.sampler, cache, device=self.device, dtype=self.dtype,
+                              lazy=lazy_commit)
+
+        tau = self.default_tau if tau is None else tau
+        r = build_router(router, scorer=self.scorer, tau=tau, accept_rate=accept_rate, q=q, seed=seed) \
+            if (self.scorer is not None or router in ("random", "accept-all", "reject-all")) else None
+        return SDVGPipeline(drafter=block_model(self.drafter), target=block_model(self.target), decoder=self.decoder,
+                            text_encoder=self.text_encoder, router=r, video=self.video, aux_device=self.aux_device)
+
+
+def load_world_models(device: str = "cpu", dtype: str | torch.dtype = "float32",
+                      num_blocks: int | None = None) -> ModelSet:
+    """The embedded default world (no network, no files outside the package)."""
+    from dataclasses import replace
+
+    from sdvg.world import load_world
+
+    w = load_world(device=device, dtype=parse_dtype(dtype))
+    video = w.video if num_blocks is None else replace(w.video, num_blocks=num_blocks)
+    return ModelSet(drafter=w.drafter, target=w.target, decoder=w.decoder, text_encoder=w.text_encoder,
+                    scorer=w.critic, evaluator=w.evaluator, video=video, default_taus=tuple(w.default_taus),
+                    default_tau=w.default_tau, name="world", device=torch.device(device),
+                    aux_device=torch.device(device), dtype=parse_dtype(dtype), prompts=tuple(w.prompts))
+
+
+def load_checkpoint_models(*, drafter: str | None, target: str | None, vae: str, text_encoder: str,
+                           drafter_preset: str = "wan2.1-1.3b", target_preset: str = "wan2.1-14b",
+                           scorer: str = "imagereward", scorer_path: str | None = None,
+                           med_config: str | None = None, tokenizer_dir: str | None = None,
+                           height: int = 480, width: int = 832, num_blocks: int = 9,
+                           cache_policy: str = "append", window_frames: int = -1, sink_frames: int = 0,
+                           device: str = "cuda", aux_device: str | None = None, dtype: str = "bfloat16",
+                           ema: bool = True) -> ModelSet:
+    """Real checkpoints from local paths (see README, "Checkpoints")."""
+    from sdvg.checkpoints import load_dit
+    from sdvg.scorers import build_scorer
+    from sdvg.text import PrecomputedTextEncoder, UMT5TextEncoder
+    from sdvg.vae import load_wan_vae
+
+    dt = parse_dtype(dtype)
+    aux = aux_device or device
+    video = VideoConfig(height=height, width=width, num_blocks=num_blocks)
+    for p, what in ((vae, "--vae"), (text_encoder, "--text-encoder")):
+        if not p:
+            raise ValueError(f"{what} is required with real checkpoints (or pass no checkpoints to use the built-in world)")
+        if not Path(p).exists():
+            raise FileNotFoundError(f"{what} {p} does not exist")
+    d = load_dit(drafter, dit_preset(drafter_preset), device=device, dtype=dt, ema=ema) if drafter else None
+    t = load_dit(target, dit_preset(target_preset), device=device, dtype=dt, ema=ema) if target else None
+    dec = load_wan_vae(vae, device=aux, dtype=dt)
+    te = (PrecomputedTextEncoder(text_encoder) if Path(text_encoder).is_file()
+          else UMT5TextEncoder.from_pretrained(text_encoder, device=aux, dtype=dt))
+    sc = None
+    if scorer and scorer != "none":
+        sc = build_scorer(scorer, path=scorer_path, med_config=med_config, tokenizer_dir=tokenizer_dir,
+                          device=aux, dtype=dt)
+    return ModelSet(drafter=d, target=t, decoder=dec, text_encoder=te, scorer=sc, evaluator=None, video=video,
+                    cache=CacheConfig(policy=cache_policy, window_frames=window_frames, sink_frames=sink_frames),
+                    name="checkpoints", device=torch.device(device), aux_device=torch.device(aux), dtype=dt)
+
+
+class HashTextEncoder:
+    """A weight-free text encoder for smoke tests: each word maps to a fixed random vector (keyed by its hash).
+
+    Same output contract as UMT5 (`[B, text_len, text_dim]`, padding rows zero), so the whole pipeline runs without
+    any text-model files.
+    """
+
+    def __init__(self, text_len: int, text_dim: int) -> None:
+        self.text_len, self.text_dim = text_len, text_dim
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        from sdvg.seeding import derive_seed
+
+        out = torch.zeros(len(prompts), self.text_len, self.text_dim)
+        for i, p in enumerate(prompts):
+            if not p.strip():
+                raise ValueError("empty prompt: give a non-empty text prompt")
+            for j, word in enumerate(p.lower().split()[: self.text_len]):
+                g = torch.Generator().manual_seed(derive_seed("word", word))
+                out[i, j] = torch.randn(self.text_dim, generator=g)
+        return out
+
+
+def load_tiny_models(seed: int = 0, *, num_blocks: int = 3, device: str = "cpu",
+                     dtype: str | torch.dtype = "float32") -> ModelSet:
+    """Random tiny drafter/target/VAE with weight-free text encoder, scorer and evaluator (tests, smoke runs).
+
+    Videos are noise; the point is that every code path runs in well under a second per video.
+    """
+    from diffusers import AutoencoderKLWan
+
+    from sdvg.config import dit_preset
+    from sdvg.evaluators import FrameStatsEvaluator
+    from sdvg.scorers import SharpnessScorer
+    from sdvg.vae import StreamingDecoder
+    from sdvg.wan import WanDiT
+
+    dt = parse_dtype(dtype)
+    torch.manual_seed(seed)
+    target, drafter = WanDiT(dit_preset("tiny")), WanDiT(dit_preset("tiny-drafter"))
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    for m in (target, drafter, vae):
+        if dt != torch.float32 or torch.device(device).type != "cpu":
+            m.to(device=device, dtype=dt)
+        m.eval().requires_grad_(False)
+    cfg = target.cfg
+    video = VideoConfig(height=32, width=32, num_blocks=num_blocks, frames_per_block=3)
+    decoder = StreamingDecoder(vae, latents_mean=[0.0] * cfg.in_dim, latents_std=[1.0] * cfg.in_dim)
+    return ModelSet(drafter=drafter, target=target, decoder=decoder,
+                    text_encoder=HashTextEncoder(cfg.text_len, cfg.text_dim), scorer=SharpnessScorer(),
+                    evaluator=FrameStatsEvaluator(), video=video, default_taus=(0.0, 1e-3, 1e-2),
+                    default_tau=1e-3, name=f"tiny-{seed}", device=torch.device(device),
+                    aux_device=torch.device(device), dtype=dt, prompts=("a red circle", "a blue square"))

@@ -1,0 +1,299 @@
+"""The speculative block loop (SDVG) and its output/trace dataclasses.
+
+One video = B blocks. Per block the drafter proposes (`BlockModel.denoise`), the streaming VAE decodes the proposal
+after a snapshot of its cache, a router judges the frames, and either the draft is committed to the target (lazily)
+or the decode cache is restored and the target regenerates the block from the same noise. `SDVGPipeline.stream`
+is that loop; `__call__` collects it into an `SDVGOutput`.
+"""
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Literal
+
+import torch
+
+from sdvg.config import VideoConfig
+from sdvg.routers import Decision, Router
+from sdvg.sampler import BlockModel, block_noise
+
+Mode = Literal["sdvg", "target", "draft", "stitch"]
+MODES: tuple[str, ...] = ("sdvg", "target", "draft", "stitch")
+
+
+class NonFiniteError(FloatingPointError):
+    """Latents or frames became NaN/Inf; raised with the block index so a bad checkpoint/dtype is easy to find."""
+
+
+@dataclass
+class BlockTrace:
+    index: int
+    source: str  # "draft" | "target" | "stitch": whose latents were emitted
+    accepted: bool | None  # None: no routing happened for this block (forced, or a non-speculative mode)
+    score: float | None
+    threshold: float | None
+    frame_scores: list[float]
+    drafter_forwards: int
+    target_forwards: int
+    ms: dict[str, float]  # draft, decode, score, target, commit
+
+
+@dataclass
+class VideoTrace:
+    prompt: str
+    seed: int
+    mode: str
+    tau: float | None
+    router: str | None
+    cache_policy: str
+    stitch_steps: int
+    force_reject_first: bool
+    drafter_context: str
+    blocks: list[BlockTrace] = field(default_factory=list)
+    wall_s: float = 0.0
+    peak_mem_mb: float = 0.0
+
+    @property
+    def routed(self) -> list[BlockTrace]:
+        return [b for b in self.blocks if b.accepted is not None]
+
+    @property
+    def accept_rate(self) -> float | None:
+        """Accepted / routed blocks (block 0 when forced is not routed, so it is excluded)."""
+        r = self.routed
+        return sum(b.accepted for b in r) / len(r) if r else None
+
+    @property
+    def drafter_forwards(self) -> int:
+        return sum(b.drafter_forwards for b in self.blocks)
+
+    @property
+    def target_forwards(self) -> int:
+        return sum(b.target_forwards for b in self.blocks)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(accept_rate=self.accept_rate, drafter_forwards=self.drafter_forwards,
+                 target_forwards=self.target_forwards, accepted=[b.accepted for b in self.blocks])
+        return d
+
+    def summary(self) -> str:
+        acc = "n/a" if self.accept_rate is None else f"{self.accept_rate:.0%}"
+        marks = "".join({True: "A", False: "R", None: "-"}[b.accepted] for b in self.blocks)
+        return (f"{self.mode}: blocks {marks}  accept {acc}  forwards drafter {self.drafter_forwards} "
+                f"target {self.target_forwards}  {self.wall_s:.2f}s")
+
+
+@dataclass
+class BlockOutput:
+    """What `stream` yields: one block's final frames as soon as they are decided."""
+
+    index: int
+    frames: torch.Tensor  # [T, 3, H, W] in [0, 1]
+    latents: torch.Tensor  # [1, C, f, h, w]
+    trace: BlockTrace
+
+
+@dataclass
+class SDVGOutput:
+    frames: torch.Tensor  # [T, 3, H, W] float in [0, 1]
+    latents: torch.Tensor  # [1, C, F, h, w]
+    trace: VideoTrace
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _check_finite(x: torch.Tensor, block: int, what: str) -> torch.Tensor:
+    if not torch.isfinite(x).all():
+        raise NonFiniteError(f"block {block}: {what} contain NaN/Inf (try --dtype float32, or check the checkpoint)")
+    return x
+
+
+class SDVGPipeline:
+    """Drafter + target + streaming decoder + router.
+
+    Any of drafter/target/router may be None when the chosen mode does not need it (target-only needs no drafter).
+    `text_encoder.encode([prompt])` gives the context both DiTs see; the decoder, text encoder and scorer may live on
+    an auxiliary device (the paper's two-GPU split); latents move there for decoding.
+    """
+
+    def __init__(self, *, drafter: BlockModel | None, target: BlockModel | None, decoder, text_encoder,
+                 router: Router | None = None, video: VideoConfig | None = None,
+                 aux_device: torch.device | str | None = None) -> None:
+        if drafter is None and target is None:
+            raise ValueError("a pipeline needs at least a drafter or a target")
+        self.drafter, self.target, self.decoder = drafter, target, decoder
+        self.text_encoder, self.router = text_encoder, router
+        self.video = video or (target or drafter).video
+        self.device = torch.device((target or drafter).device)
+        self.aux_device = torch.device(aux_device) if aux_device is not None else self.device
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+    def stream(self, prompt: str, *, mode: Mode = "sdvg", seed: int = 0, force_reject_first: bool = True,
+               drafter_context: Literal["own", "emitted"] = "own", stitch_steps: int = 0,
+               trace: VideoTrace | None = None) -> Iterator[BlockOutput]:
+        """Yield each block's frames as soon as they are final (see module docstring for the algorithm)."""
+        d, t, dec = self.drafter, self.target, self.decoder
+        self._check_args(prompt, mode, stitch_steps, drafter_context)
+        context = self.text_encoder.encode([prompt]).to(self.device)
+        for m in (d, t):
+            if m is not None:
+                m.set_context(context)
+        dec.reset()
+        if self.router is not None:
+            self.router.reset(seed)
+        for b in range(self.video.num_blocks):
+            ms: dict[str, float] = {}
+            fwd0 = (d.forwards if d else 0, t.forwards if t else 0)
+            noise, step_noises = block_noise(seed, b, self._block_shape(), (t or d).num_steps, device=self.device)
+            decision: Decision | None = None
+            frames = draft = None
+            if mode == "draft":
+                with _timed(ms, "draft", self.device):
+                    x = draft = d.denoise(b, noise, step_noises)
+                src = "draft"
+            elif mode == "target" or (mode == "sdvg" and b == 0 and force_reject_first):
+                # Block 0 fixes the scene: the target makes it and no draft is wasted on it; the drafter is
+                # conditioned on the target's block 0 (see README, "Block 0").
+                with _timed(ms, "commit", self.device):
+                    t.flush()
+                with _timed(ms, "target", self.device):
+                    x = t.denoise(b, noise, step_noises)
+                src = "target"
+            elif mode == "stitch":
+                with _timed(ms, "draft", self.device):
+                    x_k = d.denoise(b, noise, step_noises, stop_step=stitch_steps)
+                with _timed(ms, "commit", self.device):
+                    t.flush()
+                with _timed(ms, "target", self.device):
+                    x = t.denoise(b, noise, step_noises, start_step=stitch_steps, x_init=x_k)
+                src = "stitch"
+            else:  # sdvg: draft, decode after a snapshot, route
+                states: dict[int, torch.Tensor] = {}
+                with _timed(ms, "draft", self.device):
+                    draft = d.denoise(b, noise, step_noises, callback=lambda i, xt, x0: states.__setitem__(i, xt))
+                _check_finite(draft, b, "draft latents")
+                snap = dec.snapshot()
+                with _timed(ms, "decode", self.aux_device):
+                    frames = dec.decode(draft.to(self.aux_device))
+                with _timed(ms, "score", self.aux_device):
+                    decision = self.router.decide(b, frames, prompt)
+                if decision.accept:
+                    x, src = draft, "draft"
+                else:
+                    dec.restore(snap)
+                    frames = None
+                    with _timed(ms, "commit", self.device):
+                        t.flush()
+                    k = stitch_steps
+                    with _timed(ms, "target", self.device):
+                        x = t.denoise(b, noise, step_noises, start_step=k, x_init=states[k] if k else None)
+                    src = "stitch" if k else "target"
+            _check_finite(x, b, "latents")
+            # Commits are lazy inside BlockModel: they cost a forward only when that model next denoises.
+            if t is not None and mode != "draft":
+                t.commit(b, x)
+            if d is not None and mode != "target":
+                # "own" (the paper): the drafter's cache keeps its own draft, accepted or not.
+                d.commit(b, draft if drafter_context == "own" and draft is not None else x)
+            if frames is None:
+                with _timed(ms, "decode", self.aux_device):
+                    frames = dec.decode(x.to(self.aux_device))
+            _check_finite(frames, b, "decoded frames")
+            bt = BlockTrace(
+                index=b, source=src, accepted=None if decision is None else bool(decision.accept),
+                score=None if decision is None else decision.score,
+                threshold=None if decision is None else decision.threshold,
+                frame_scores=[] if decision is None else list(decision.frame_scores),
+                drafter_forwards=(d.forwards if d else 0) - fwd0[0], target_forwards=(t.forwards if t else 0) - fwd0[1],
+                ms=ms)
+            if trace is not None:
+                trace.blocks.append(bt)
+            yield BlockOutput(b, frames.float().cpu(), x.float().cpu(), bt)
+
+    def __call__(self, prompt: str, *, mode: Mode = "sdvg", seed: int = 0, force_reject_first: bool = True,
+                 drafter_context: Literal["own", "emitted"] = "own", stitch_steps: int = 0,
+                 callback: Callable[[BlockOutput], None] | None = None, progress: bool = False) -> SDVGOutput:
+        """Generate one video. `callback` is called after every block; `progress` shows a bar with A/R marks."""
+        trace = self.new_trace(prompt, mode=mode, seed=seed, force_reject_first=force_reject_first,
+                               drafter_context=drafter_context, stitch_steps=stitch_steps)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.video.num_blocks, desc=mode, unit="block", leave=False)
+        t0 = time.perf_counter()
+        frames, latents = [], []
+        for out in self.stream(prompt, mode=mode, seed=seed, force_reject_first=force_reject_first,
+                               drafter_context=drafter_context, stitch_steps=stitch_steps, trace=trace):
+            frames.append(out.frames)
+            latents.append(out.latents)
+            if callback is not None:
+                callback(out)
+            if bar is not None:
+                bar.set_postfix_str("".join({True: "A", False: "R", None: "-"}[b.accepted] for b in trace.blocks))
+                bar.update(1)
+        _sync(self.device)
+        trace.wall_s = time.perf_counter() - t0
+        trace.peak_mem_mb = _peak_mem_mb(self.device)
+        if bar is not None:
+            bar.close()
+        return SDVGOutput(torch.cat(frames), torch.cat(latents, dim=2), trace)
+
+    # --- helpers ----------------------------------------------------------------------------------------------------
+    def new_trace(self, prompt: str, *, mode: str, seed: int, force_reject_first: bool, drafter_context: str,
+                  stitch_steps: int) -> VideoTrace:
+        r = self.router if mode == "sdvg" else None
+        return VideoTrace(prompt=prompt, seed=seed, mode=mode, tau=getattr(r, "tau", None),
+                          router=getattr(r, "name", None), cache_policy=(self.target or self.drafter).cache_policy,
+                          stitch_steps=stitch_steps, force_reject_first=force_reject_first,
+                          drafter_context=drafter_context)
+
+    def _block_shape(self) -> tuple[int, ...]:
+        m = self.target or self.drafter
+        h, w = self.video.latent_hw
+        return (1, m.dit.cfg.in_dim, self.video.frames_per_block, h, w)
+
+    def _check_args(self, prompt: str, mode: str, stitch_steps: int, drafter_context: str) -> None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("empty prompt: give a non-empty text prompt")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        needs = {"sdvg": ("drafter", "target", "router"), "target": ("target",), "draft": ("drafter",),
+                 "stitch": ("drafter", "target")}[mode]
+        for name in needs:
+            if getattr(self, name) is None:
+                raise ValueError(f"mode {mode!r} needs a {name}")
+        steps = (self.target or self.drafter).num_steps
+        if not 0 <= stitch_steps < steps or (mode == "stitch" and stitch_steps == 0):
+            raise ValueError(f"stitch_steps must be in [0, {steps - 1}] (and >= 1 for mode 'stitch'), got {stitch_steps}")
+        if drafter_context not in ("own", "emitted"):
+            raise ValueError(f"drafter_context must be 'own' or 'emitted', got {drafter_context!r}")
+
+
+@contextmanager
+def _timed(ms: dict[str, float], key: str, device: torch.device):
+    _sync(device)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        _sync(device)
+        ms[key] = ms.get(key, 0.0) + 1000 * (time.perf_counter() - t0)
+
+
+def speedup(reference_s: float, s: float) -> float:
+    return reference_s / s if s > 0 else math.inf

@@ -1,0 +1,201 @@
+"""Routers: decide, per block, whether the drafter's block is good enough to keep.
+
+A router sees the block's decoded frames (`[F, 3, H, W]` in [0, 1]) and the prompt and returns a `Decision`. Routers
+that need a reward own their scorer, so a cascade can score a few frames first and stop early.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+
+from sdvg.scorers.base import Scorer, aggregate
+from sdvg.seeding import derive_seed
+
+
+@dataclass(frozen=True)
+class Decision:
+    accept: bool
+    score: float | None  # the aggregated block score (None when the router scores nothing)
+    threshold: float | None
+    frame_scores: tuple[float, ...] = ()
+    frames_scored: int = 0
+
+
+class Router(Protocol):
+    name: str
+
+    def reset(self, seed: int) -> None:
+        """Called once per video (random routers key their draws on it)."""
+
+    def decide(self, block: int, frames: torch.Tensor, prompt: str) -> Decision: ...
+
+
+def _scores(scorer: Scorer, frames: torch.Tensor, prompt: str) -> torch.Tensor:
+    s = scorer.score(frames, prompt).float().cpu()
+    if s.shape != (frames.shape[0],):
+        raise ValueError(f"scorer returned shape {tuple(s.shape)}, expected one score per frame ({frames.shape[0]})")
+    if not torch.isfinite(s).all():
+        raise FloatingPointError("scorer returned NaN/Inf scores; check the decoded frames and the scorer weights")
+    return s
+
+
+@dataclass
+class ThresholdRouter:
+    """The paper's router: accept iff aggregate(frame scores) >= tau (aggregate = min, the worst frame, by default)."""
+
+    scorer: Scorer
+    tau: float
+    how: str = "min"
+    q: float = 0.1
+    name: str = "threshold"
+
+    def reset(self, seed: int) -> None:
+        pass
+
+    def decide(self, block: int, frames: torch.Tensor, prompt: str) -> Decision:
+        s = _scores(self.scorer, frames, prompt)
+        score = float(aggregate(s, self.how, self.q))
+        return Decision(score >= self.tau, score, self.tau, tuple(s.tolist()), len(s))
+
+
+@dataclass
+class CascadeRouter:
+    """Min-threshold routing that scores a subset first (every `stride`-th frame).
+
+    Safe: if the subset's minimum is already below tau, the full minimum is too, so the block is rejected without
+    scoring the rest. Gives exactly the decisions of `ThresholdRouter(how="min")` with fewer scored frames.
+    """
+
+    scorer: Scorer
+    tau: float
+    stride: int = 4
+    name: str = "cascade"
+
+    def reset(self, seed: int) -> None:
+        pass
+
+    def decide(self, block: int, frames: torch.Tensor, prompt: str) -> Decision:
+        n = frames.shape[0]
+        first = list(range(0, n, self.stride))
+        s = torch.full((n,), math.nan)
+        s[first] = _scores(self.scorer, frames[first], prompt)
+        if float(s[first].min()) < self.tau:
+            return Decision(False, float(s[first].min()), self.tau, tuple(s.tolist()), len(first))
+        rest = [i for i in range(n) if i not in set(first)]
+        if rest:
+            s[rest] = _scores(self.scorer, frames[rest], prompt)
+        score = float(s.min())
+        return Decision(score >= self.tau, score, self.tau, tuple(s.tolist()), n)
+
+
+@dataclass
+class RandomRouter:
+    """Accept with probability `accept_rate`, independent of content (the paper's ablation).
+
+    Draws are keyed by (seed, video seed, block), so a video's routing does not depend on what ran before it.
+    """
+
+    accept_rate: float
+    seed: int = 0
+    name: str = "random"
+    _video_seed: int = field(default=0, repr=False)
+
+    def reset(self, seed: int) -> None:
+        self._video_seed = seed
+
+    def decide(self, block: int, frames: torch.Tensor, prompt: str) -> Decision:
+        u = random.Random(derive_seed("route", self.seed, self._video_seed, block)).random()
+        return Decision(u < self.accept_rate, None, None)
+
+
+@dataclass
+class ConstantRouter:
+    """Accept-all (drafter everywhere but block 0) or reject-all (target everywhere)."""
+
+    accept: bool
+    name: str = "constant"
+
+    def reset(self, seed: int) -> None:
+        pass
+
+    def decide(self, block: int, frames: torch.Tensor, prompt: str) -> Decision:
+        return Decision(self.accept, None, None)
+
+
+@dataclass
+class PercentileRouter:
+    """Running threshold aiming at a target accept rate.
+
+    tau is the (1 - accept_rate) quantile of the last `window` block scores seen (accepted or not), across videos;
+    until `warmup` scores are seen, `tau0` is used. Use it to hit a compute budget without tuning tau by hand.
+    """
+
+    scorer: Scorer
+    accept_rate: float
+    tau0: float = 0.0
+    warmup: int = 8
+    window: int = 256
+    how: str = "min"
+    name: str = "percentile"
+    _history: deque = field(default_factory=deque, repr=False)
+
+    def reset(self, seed: int) -> None:
+        pass
+
+    def threshold(self) -> float:
+        if len(self._history) < self.warmup:
+            return self.tau0
+        return float(torch.tensor(list(self._history)).quantile(1.0 - self.accept_rate))
+
+    def decide(self, block: int, frames: torch.Tensor, prompt: str) -> Decision:
+        s = _scores(self.scorer, frames, prompt)
+        score = float(aggregate(s, self.how))
+        tau = self.threshold()
+        self._history.append(score)
+        while len(self._history) > self.window:
+            self._history.popleft()
+        return Decision(score >= tau, score, tau, tuple(s.tolist()), len(s))
+
+
+ROUTERS = ("threshold", "mean", "quantile", "cascade", "random", "percentile", "accept-all", "reject-all")
+
+
+def build_router(name: str, *, scorer: Scorer | None = None, tau: float = -0.7, accept_rate: float = 0.5,
+                 q: float = 0.1, seed: int = 0) -> Router:
+    """Router by name (`ROUTERS`); threshold-style routers need a scorer."""
+    needs_scorer = name in ("threshold", "min", "mean", "quantile", "cascade", "percentile")
+    if needs_scorer and scorer is None:
+        raise ValueError(f"router {name!r} needs a scorer")
+    if not isinstance(tau, (int, float)) or (isinstance(tau, float) and math.isnan(tau)):
+        raise ValueError(f"tau must be a number, got {tau!r}")
+    if name in ("threshold", "min"):
+        return ThresholdRouter(scorer, tau, "min")
+    if name in ("mean", "quantile"):
+        return ThresholdRouter(scorer, tau, name, q, name=name)
+    if name == "cascade":
+        return CascadeRouter(scorer, tau)
+    if name == "random":
+        return RandomRouter(accept_rate, seed)
+    if name == "percentile":
+        return PercentileRouter(scorer, accept_rate, tau0=tau)
+    if name == "accept-all":
+        return ConstantRouter(True, name=name)
+    if name == "reject-all":
+        return ConstantRouter(False, name=name)
+    raise ValueError(f"unknown router {name!r}; choose one of {', '.join(ROUTERS)}")
+
+
+def acceptance_by_position(decisions: Sequence[Sequence[bool | None]]) -> list[float | None]:
+    """Per-block-position accept rate over many videos (None where no video routed that position)."""
+    width = max((len(d) for d in decisions), default=0)
+    out: list[float | None] = []
+    for i in range(width):
+        col = [d[i] for d in decisions if i < len(d) and d[i] is not None]
+        out.append(sum(col) / len(col) if col else None)
+    return out
+

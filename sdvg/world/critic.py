@@ -1,0 +1,104 @@
+"""The world's learned frame critic (its "ImageReward"): prompt + one frame -> predicted adherence in [0, 1].
+
+The router's eyes. It sees one decoded frame at a time (as ImageReward does) and the prompt, read through the
+grammar into a fixed attribute vector (colours, shapes, sizes, motions of up to two objects and the background) plus
+per-pixel distances to the prompt's colours. It is trained (sdvg.world.train, stage "critic") to regress the
+evaluator's per-frame adherence on decoded samples of both models, VAE reconstructions, corrupted frames and frames
+paired with a near-miss prompt; it never calls the evaluator at inference.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sdvg.world.grammar import COLOURS, MOTIONS, SHAPES, SIZES, Scene, parse
+
+_COL = list(COLOURS)
+_SLOT = len(_COL) * 2 + 1 + len(SHAPES) + len(SIZES) + len(MOTIONS)  # colour, turns(+none), shape, size, motion
+COND_DIM = len(_COL) + 2 * (_SLOT + 1)  # background + two object slots (+ presence flag)
+COLOUR_CHANNELS = 5  # distance to background, object 1 colour / new colour, object 2 colour / new colour
+
+
+def prompt_features(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attribute vector [COND_DIM], palette [5, 3] with NaN rows for absent colours)."""
+    v = torch.zeros(COND_DIM)
+    v[_COL.index(scene.background)] = 1
+    pal = torch.full((COLOUR_CHANNELS, 3), float("nan"))
+    pal[0] = torch.tensor(COLOURS[scene.background])
+    for k, o in enumerate(scene.objects[:2]):
+        base = len(_COL) + k * (_SLOT + 1)
+        v[base] = 1
+        i = base + 1
+        v[i + _COL.index(o.colour)] = 1
+        i += len(_COL)
+        v[i + (_COL.index(o.turns) if o.turns else len(_COL))] = 1
+        i += len(_COL) + 1
+        v[i + SHAPES.index(o.shape)] = 1
+        i += len(SHAPES)
+        v[i + list(SIZES).index(o.size)] = 1
+        i += len(SIZES)
+        v[i + MOTIONS.index(o.motion)] = 1
+        pal[1 + 2 * k] = torch.tensor(COLOURS[o.colour])
+        if o.turns:
+            pal[2 + 2 * k] = torch.tensor(COLOURS[o.turns])
+    return v, pal
+
+
+def colour_maps(frames: torch.Tensor, pal: torch.Tensor) -> torch.Tensor:
+    """[N,3,H,W] x [N,5,3] -> [N,5,H,W] RGB distance of every pixel to each prompt colour (2.0 where absent)."""
+    d = (frames.unsqueeze(1) - pal.nan_to_num(9.0).view(*pal.shape, 1, 1)).norm(dim=2)
+    return d.clamp(max=2.0)
+
+
+class CriticNet(nn.Module):
+    """Small FiLM-conditioned CNN; ~60k parameters."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        chans = [3 + COLOUR_CHANNELS, w, w, 2 * w, 2 * w]
+        self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1) for i in range(4))
+        self.film = nn.ModuleList(nn.Linear(COND_DIM, 2 * chans[i + 1]) for i in range(4))
+        self.head = nn.Sequential(nn.Linear(2 * w * 2 + COND_DIM, 64), nn.SiLU(), nn.Linear(64, 1))
+
+    def forward(self, frames: torch.Tensor, cond: torch.Tensor, pal: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([frames * 2 - 1, colour_maps(frames, pal)], 1)
+        for conv, film in zip(self.convs, self.film):
+            g, b = film(cond).chunk(2, -1)
+            x = F.silu(conv(x) * (1 + g[..., None, None]) + b[..., None, None])
+        pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3)), cond], -1)
+        return torch.sigmoid(self.head(pooled).squeeze(-1))
+
+
+class WorldCritic:
+    """Scorer protocol: `score(frames [F,3,H,W] in [0,1], prompt) -> Tensor[F]` (higher is better)."""
+
+    name = "world-critic"
+
+    def __init__(self, net: CriticNet, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.net = net.to(device=device, dtype=dtype).eval()
+        self.device, self.dtype = torch.device(device), dtype
+
+    @classmethod
+    def from_file(cls, path: str | Path, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> WorldCritic:
+        from safetensors.torch import load_file
+
+        net = CriticNet()
+        net.load_state_dict(load_file(str(path)))
+        return cls(net, device, dtype)
+
+    @torch.no_grad()
+    def score(self, frames: torch.Tensor, prompt: str) -> torch.Tensor:
+        if frames.dim() != 4 or frames.shape[1] != 3:
+            raise ValueError(f"expected frames [F,3,H,W], got shape {tuple(frames.shape)}")
+        v, pal = prompt_features(parse(prompt))
+        n = frames.shape[0]
+        f = frames.to(self.device, self.dtype).clamp(0, 1)
+        if f.shape[-2:] != (64, 64):
+            f = F.interpolate(f, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
+        out = self.net(f, v.to(f).expand(n, -1), pal.to(f).expand(n, -1, -1))
+        return out.float().cpu()

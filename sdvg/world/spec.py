@@ -1,0 +1,29 @@
+"""The world's fixed geometry and model sizes (the shipped weights are trained for exactly these)."""
+from __future__ import annotations
+
+from sdvg.config import DiTConfig, VideoConfig
+
+VIDEO = VideoConfig(height=64, width=64, num_blocks=9, frames_per_block=3)
+Z_DIM = 8
+TEXT_DIM = 64
+TEXT_LEN = 32
+
+VAE_KWARGS = dict(base_dim=16, z_dim=Z_DIM, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
+                  temperal_downsample=[False, True, True], dropout=0.0)
+
+# Same class, two sizes; the drafter is ~14x cheaper per forward in FLOPs (1.3B : 14B is ~11x).
+TARGET = DiTConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, in_dim=Z_DIM, out_dim=Z_DIM,
+                   text_dim=TEXT_DIM, text_len=TEXT_LEN, freq_dim=64)
+DRAFTER = DiTConfig(dim=48, ffn_dim=192, num_heads=2, num_layers=2, in_dim=Z_DIM, out_dim=Z_DIM,
+                    text_dim=TEXT_DIM, text_len=TEXT_LEN, freq_dim=64)
+
+# The critic predicts per-frame adherence in [0, 1]; these thresholds span "accept almost all" .. "accept few".
+DEFAULT_TAUS = (0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_TAU = 0.7
+
+
+def dit_flops_per_token(cfg: DiTConfig, keys: int, text_len: int = TEXT_LEN) -> float:
+    """Multiply-adds per query token of one forward (linear layers + attention scores), for the cost ratio."""
+    d, f = cfg.dim, cfg.ffn_dim
+    per_layer = 4 * d * d + 2 * d * keys + 2 * d * d + 2 * d * text_len + 2 * d * f
+    return cfg.num_layers * per_layer + cfg.in_dim * 4 * d + d * cfg.out_dim * 4

@@ -1,0 +1,78 @@
+"""The world's text encoder: a small transformers UMT5 encoder with a word-level tokenizer of the grammar.
+
+Same shape of interface as the real UMT5 path (a transformers folder loaded from a local directory; `encode` returns
+[B, text_len, dim] with padding positions zeroed, as Wan feeds UMT5 to its DiT), but 64 wide and 32 tokens long.
+Prompts are checked against the grammar first, so a word outside the vocabulary fails with the vocabulary listed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sdvg.world.grammar import VOCABULARY, parse, tokenize
+
+TEXT_LEN = 32
+SPECIALS = ("<pad>", "</s>", "<unk>")
+
+
+def build_tokenizer():
+    """Word-level fast tokenizer over the grammar's vocabulary (built offline, no download)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(SPECIALS + VOCABULARY)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=TEXT_LEN)
+
+
+def build_encoder(d_model: int = 64, layers: int = 2, heads: int = 4):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    cfg = UMT5Config(vocab_size=len(SPECIALS) + len(VOCABULARY), d_model=d_model, d_kv=d_model // heads,
+                     d_ff=2 * d_model, num_layers=layers, num_heads=heads, relative_attention_num_buckets=16,
+                     relative_attention_max_distance=32, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+                     pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    return UMT5EncoderModel(cfg)
+
+
+def encode_with(model, tokenizer, prompts: list[str], text_len: int = TEXT_LEN) -> torch.Tensor:
+    """Differentiable encode (used in training too): [B, text_len, d], padding positions zeroed."""
+    for p in prompts:
+        parse(p)  # raises PromptError listing the vocabulary
+    norm = [" ".join(tokenize(p)) for p in prompts]
+    batch = tokenizer(norm, padding="max_length", max_length=text_len, truncation=True, return_tensors="pt")
+    dev = next(model.parameters()).device
+    ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+    out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return out * mask.unsqueeze(-1).to(out.dtype)
+
+
+class WorldTextEncoder:
+    """`encode(prompts) -> [B, text_len, text_dim]`; embeddings are cached per prompt (the encoder is frozen)."""
+
+    def __init__(self, model, tokenizer, text_len: int = TEXT_LEN, dtype: torch.dtype = torch.float32) -> None:
+        self.model, self.tokenizer, self.text_len, self.dtype = model.eval(), tokenizer, text_len, dtype
+        self.text_dim = model.config.d_model
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> WorldTextEncoder:
+        from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
+
+        model = UMT5EncoderModel.from_pretrained(str(path)).to(device)
+        tok = PreTrainedTokenizerFast.from_pretrained(str(path))
+        return cls(model, tok, dtype=dtype)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        missing = [p for p in prompts if p not in self._cache]
+        if missing:
+            for p, e in zip(missing, encode_with(self.model, self.tokenizer, missing, self.text_len)):
+                self._cache[p] = e
+        return torch.stack([self._cache[p] for p in prompts]).to(self.dtype)

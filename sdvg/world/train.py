@@ -1,0 +1,523 @@
+"""Train every weight of the embedded world from one seed, on a CPU.
+
+    python -m sdvg.world.train --out sdvg/world/weights --seed 0 [--stages vae,latents,target,drafter,critic,card]
+
+Stages run in order and each writes its result before the next starts, so a failed late stage is rerun alone
+(`--stages critic,card`); intermediates (latents, rollouts) live in --work. Every stage seeds torch, numpy and
+random from (seed, stage name), so a stage gives the same weights whether run alone or in the full chain.
+Metrics go to stdout and to <out>/train_log.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdvg.seeding import derive_seed
+from sdvg.world import spec
+from sdvg.world.data import analytic_latents, clip_batch, scene_stream, videos
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Step counts (fixed, so results depend on the seed only, not on machine speed)."""
+
+    vae_steps: int = 400
+    vae_batch: int = 4
+    vae_frames: int = 5
+    encoder_steps: int = 100
+    videos: int = 1024
+    target_steps: int = 700
+    drafter_steps: int = 300
+    dit_batch: int = 16
+    critic_rollouts: int = 24
+    critic_steps: int = 600
+    eval_prompts: int = 12
+
+
+QUICK = Budget(vae_steps=4, encoder_steps=2, videos=6, target_steps=3, drafter_steps=2, dit_batch=2, critic_rollouts=2,
+               critic_steps=3, eval_prompts=2)
+
+
+class Run:
+    """Shared state of one training run: paths, seed, budget, log."""
+
+    def __init__(self, out: Path, work: Path, seed: int, budget: Budget) -> None:
+        self.out, self.work, self.seed, self.budget = out, work, seed, budget
+        out.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        self.log_path = out / "train_log.jsonl"
+        self.t0 = time.time()
+
+    def seed_stage(self, name: str) -> np.random.Generator:
+        s = derive_seed("world", self.seed, name)
+        torch.manual_seed(s)
+        random.seed(s)
+        return np.random.default_rng(s)
+
+    def log(self, stage: str, **metrics) -> None:
+        row = {"stage": stage, "t": round(time.time() - self.t0, 1), **metrics}
+        print(json.dumps(row), flush=True)
+        with open(self.log_path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 20) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+# ---- stage: vae ------------------------------------------------------------------------------------------------
+def build_vae():
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan(**spec.VAE_KWARGS, latents_mean=[0.0] * spec.Z_DIM, latents_std=[1.0] * spec.Z_DIM)
+    # Conv biases start at zero: with PyTorch's default bias init the bias terms dominate what every RMS norm sees
+    # on flat-colour frames, the untrained VAE's output barely depends on its input, and training stalls.
+    with torch.no_grad():
+        for m in vae.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and m.bias is not None:
+                m.bias.zero_()
+    return vae
+
+
+def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
+    """`AutoencoderKLWan.decode` without its final clamp to [-1, 1], which would zero the gradient of saturated
+    pixels (most of a flat background early in training). Mirrors diffusers 0.42's causal frame loop."""
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    outs = []
+    for i in range(x.shape[2]):
+        vae._conv_idx = [0]
+        outs.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                first_chunk=(i == 0)))
+    vae.clear_cache()
+    return torch.cat(outs, 2)
+
+
+def latent_stats(run: Run, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean/std of the raw latents over n videos (the Wan `latents_mean/std` convention)."""
+    x, _, _ = videos(scene_stream(derive_seed("stats", run.seed)), n)
+    z = analytic_latents(x)
+    return z.mean((0, 2, 3, 4)), z.std((0, 2, 3, 4))
+
+
+def stage_vae(run: Run) -> None:
+    """The Wan decoder learns pixels from the analytic latents (L1 + MSE, latents jittered by a little noise so
+    that imperfect DiT samples still decode); the encoder then learns to regress the analytic latents."""
+    rng = run.seed_stage("vae")
+    b = run.budget
+    vae = build_vae()
+    mean, std = latent_stats(run)
+    vae.register_to_config(latents_mean=[round(v, 6) for v in mean.tolist()],
+                           latents_std=[round(v, 6) for v in std.tolist()])
+    m5, s5 = mean.view(1, -1, 1, 1, 1), std.view(1, -1, 1, 1, 1)
+    stream = scene_stream(derive_seed("vae-data", run.seed))
+    gen = torch.Generator().manual_seed(derive_seed("vae-noise", run.seed))
+    dec_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.Adam(dec_params, lr=3e-4)
+    t0 = time.time()
+    for step in range(b.vae_steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, b.vae_steps, 3e-4)
+        x = clip_batch(stream, b.vae_batch, b.vae_frames, rng)
+        z = analytic_latents(x)
+        z = z + 0.1 * s5 * torch.randn(z.shape, generator=gen)
+        y = decode_unclamped(vae, z)
+        rec = (y - x).abs().mean() + ((y - x) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        rec.backward()
+        opt.step()
+        if step % 25 == 0 or step == b.vae_steps - 1:
+            run.log("vae", step=step, rec=round(rec.item(), 4), s_per_step=round((time.time() - t0) / (step + 1), 2))
+    enc_params = list(vae.encoder.parameters()) + list(vae.quant_conv.parameters())
+    opt = torch.optim.Adam(enc_params, lr=3e-4)
+    for step in range(b.encoder_steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, b.encoder_steps, 3e-4)
+        x = clip_batch(stream, b.vae_batch, b.vae_frames, rng)
+        post = vae.encode(x).latent_dist
+        err = (((post.mean - analytic_latents(x)) / s5) ** 2).mean()
+        loss = err + ((post.logvar - 2 * math.log(0.1) - 2 * torch.log(s5)) ** 2).mean() * 0.01
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 25 == 0 or step == b.encoder_steps - 1:
+            run.log("vae-encoder", step=step, latent_mse=round(err.item(), 4))
+    vae.eval()
+    vae.save_pretrained(str(run.out / "vae"))
+
+
+# ---- stage: latents ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def stage_latents(run: Run) -> None:
+    """Latents of many full-length train videos (normalised), and the decoder's reconstruction quality."""
+    from sdvg.vae import load_wan_vae
+    from sdvg.world.evaluator import evaluate
+
+    run.seed_stage("latents")
+    dec = load_wan_vae(run.out / "vae")
+    mean = torch.tensor(dec.vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(dec.vae.config.latents_std).view(1, -1, 1, 1, 1)
+    stream = scene_stream(derive_seed("dit-data", run.seed))
+    lat, prompts, t0 = [], [], time.time()
+    n, bs = run.budget.videos, 32
+    for i in range(0, n, bs):
+        x, scenes, _ = videos(stream, min(bs, n - i))
+        lat.append((analytic_latents(x) - mean) / std)
+        prompts += [s.prompt for s in scenes]
+    torch.save({"latents": torch.cat(lat).contiguous(), "prompts": prompts}, run.work / "latents.pt")
+    ho = scene_stream(derive_seed("vae-eval", run.seed), heldout=True)
+    x, scenes, _ = videos(ho, 4)
+    q_gt, q_rec = [], []
+    for xi, s in zip(x, scenes):
+        dec.reset()
+        y = dec.decode((analytic_latents(xi[None]) - mean) / std)
+        q_gt.append(evaluate((xi.permute(1, 0, 2, 3) + 1) / 2, s)["quality"])
+        q_rec.append(evaluate(y, s)["quality"])
+    run.log("latents", videos=n, s=round(time.time() - t0, 1), heldout_quality_gt=round(float(np.mean(q_gt)), 4),
+            heldout_quality_decoded=round(float(np.mean(q_rec)), 4))
+
+
+# ---- stages: target, drafter ----------------------------------------------------------------------------------
+T_PROBS = (0.2, 0.2, 0.25, 0.35)  # how often each of the 4 sampler timesteps is trained (the last decides the output)
+P_BLOCK0 = 0.35  # block 0 is made from the text alone (the hardest, and the cheapest to train); others uniform
+
+
+def dit_step(dit, lat: torch.Tensor, ctx: torch.Tensor, rng: np.random.Generator, gen: torch.Generator,
+             t_list: torch.Tensor, table) -> torch.Tensor:
+    """Block-causal teacher forcing: clean blocks 0..b-1 (t = 0, as committed at inference) + block b noised to one
+    of the sampler's timesteps; flow-matching loss (v = eps - x0) on block b only."""
+    from sdvg.sampler import sigma_of
+
+    fpb = spec.VIDEO.frames_per_block
+    B = lat.shape[0]
+    nb = spec.VIDEO.num_blocks
+    b = 0 if rng.random() < P_BLOCK0 else int(rng.integers(1, nb))
+    x0 = lat[:, :, :(b + 1) * fpb]
+    k = torch.from_numpy(rng.choice(len(t_list), size=B, p=T_PROBS))
+    t = t_list[k]
+    sig = sigma_of(t, table).view(B, 1, 1, 1, 1)
+    eps = torch.randn(x0[:, :, b * fpb:].shape, generator=gen)
+    tgt = x0[:, :, b * fpb:]
+    xt = (1 - sig) * tgt + sig * eps
+    x_in = torch.cat([x0[:, :, :b * fpb], xt], 2)
+    tt = torch.zeros(B, x_in.shape[2])
+    tt[:, b * fpb:] = t.view(B, 1)
+    v = dit(x_in, tt, ctx, block_frames=fpb)
+    return ((v[:, :, b * fpb:] - (eps - tgt)) ** 2).mean()
+
+
+def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool) -> None:
+    from sdvg.checkpoints import save_dit
+    from sdvg.sampler import schedule_table, timesteps
+    from sdvg.wan import WanDiT
+    from sdvg.world.text import build_encoder, build_tokenizer, encode_with
+
+    rng = run.seed_stage(name)
+    data = torch.load(run.work / "latents.pt")
+    lat, prompts = data["latents"], data["prompts"]
+    dit = WanDiT(cfg)
+    # The reference inits the text/time embedding MLPs with std 0.02, which leaves cross-attention nearly blind for
+    # the first thousands of steps; with a CPU budget of hundreds, start them at Xavier scale instead.
+    for seq in (dit.text_embedding, dit.time_embedding):
+        for m in seq:
+            if isinstance(m, torch.nn.Linear):
+                torch.nn.init.xavier_uniform_(m.weight)
+    if train_text:
+        from transformers import UMT5EncoderModel
+
+        tok, enc = build_tokenizer(), build_encoder(spec.TEXT_DIM)
+        params = list(dit.parameters()) + list(enc.parameters())
+    else:
+        from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
+
+        tok = PreTrainedTokenizerFast.from_pretrained(str(run.out / "text_encoder"))
+        enc = UMT5EncoderModel.from_pretrained(str(run.out / "text_encoder")).requires_grad_(False)
+        params = list(dit.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(derive_seed(name, "noise", run.seed))
+    sampler = __import__("sdvg.config", fromlist=["SamplerConfig"]).SamplerConfig()
+    t_list, table = timesteps(sampler), schedule_table(sampler)
+    bs, t0, ema = run.budget.dit_batch, time.time(), None
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup=30)
+        idx = rng.choice(len(prompts), size=bs, replace=False)
+        ctx = encode_with(enc, tok, [prompts[i] for i in idx], spec.TEXT_LEN)
+        loss = dit_step(dit, lat[idx], ctx, rng, gen, t_list, table)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if step % 50 == 0 or step == steps - 1:
+            run.log(name, step=step, loss=round(ema, 4), s_per_step=round((time.time() - t0) / (step + 1), 3))
+    dit.eval()
+    save_dit(dit, run.out / f"{name}.safetensors", fmt="original")
+    if train_text:
+        enc.eval().save_pretrained(str(run.out / "text_encoder"))
+        tok.save_pretrained(str(run.out / "text_encoder"))
+
+
+def stage_target(run: Run) -> None:
+    """The target and the world's text encoder, trained together (the encoder is frozen afterwards)."""
+    train_dit(run, "target", spec.TARGET, run.budget.target_steps, 2e-3, train_text=True)
+
+
+def stage_drafter(run: Run) -> None:
+    """The drafter: the same recipe, ~14x cheaper per forward and trained for fewer steps on the frozen encoder."""
+    train_dit(run, "drafter", spec.DRAFTER, run.budget.drafter_steps, 3e-3, train_text=False)
+
+
+# ---- stage: critic ---------------------------------------------------------------------------------------------
+def generate(world, prompt: str, mode: str, seed: int, num_blocks: int | None = None, scorer=None,
+             tau: float | None = None):
+    """One video with the real pipeline (draft-only, target-only or SDVG) -> (frames [T,3,H,W], trace)."""
+    from dataclasses import replace
+
+    from sdvg.pipeline import SDVGPipeline
+    from sdvg.routers import build_router
+    from sdvg.sampler import BlockModel
+
+    video = world.video if num_blocks is None else replace(world.video, num_blocks=num_blocks)
+    d = BlockModel(world.drafter, video, world.sampler) if mode in ("draft", "sdvg") else None
+    t = BlockModel(world.target, video, world.sampler) if mode in ("target", "sdvg") else None
+    router = build_router("threshold", scorer=scorer, tau=tau) if mode == "sdvg" else None
+    pipe = SDVGPipeline(drafter=d, target=t, decoder=world.decoder, text_encoder=world.text_encoder, router=router,
+                        video=video)
+    out = pipe(prompt, mode=mode, seed=seed)
+    return out.frames, out.trace
+
+
+def mutate(scene, rng: random.Random):
+    """A near-miss prompt: one attribute (object colour, shape, size or background) changed, still valid."""
+    from dataclasses import replace
+
+    from sdvg.world.grammar import COLOURS, SHAPES, SIZES, Scene
+
+    for _ in range(50):
+        objs = list(scene.objects)
+        k = rng.randrange(len(objs))
+        what = rng.choice(["colour", "colour", "shape", "size", "background"])
+        bg = scene.background
+        if what == "colour":
+            objs[k] = replace(objs[k], colour=rng.choice(list(COLOURS)))
+        elif what == "shape":
+            objs[k] = replace(objs[k], shape=rng.choice(SHAPES))
+        elif what == "size":
+            objs[k] = replace(objs[k], size=rng.choice(list(SIZES)))
+        else:
+            bg = rng.choice(list(COLOURS))
+        new = Scene(tuple(objs), bg)
+        if new != scene and len(set(new.colours)) == len(new.colours):
+            return new
+    return scene
+
+
+def corrupt(frames: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random pixel-space degradations (blur, noise, colour shift, smear) on a batch of frames [N,3,H,W]."""
+    import torch.nn.functional as F
+
+    n = frames.shape[0]
+    kind = torch.randint(0, 4, (n,), generator=g)
+    amt = torch.rand(n, generator=g).view(n, 1, 1, 1)
+    out = frames.clone()
+    blur = F.avg_pool2d(F.pad(frames, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    out = torch.where((kind == 0).view(n, 1, 1, 1), frames * (1 - amt) + blur * amt, out)
+    out = torch.where((kind == 1).view(n, 1, 1, 1), frames + 0.25 * amt * torch.randn(frames.shape, generator=g), out)
+    shift = 0.4 * amt * (torch.rand(n, 3, 1, 1, generator=g) * 2 - 1)
+    out = torch.where((kind == 2).view(n, 1, 1, 1), frames + shift, out)
+    smear = frames.roll(int(torch.randint(2, 8, (1,), generator=g)), dims=-1)
+    out = torch.where((kind == 3).view(n, 1, 1, 1), frames * (1 - 0.5 * amt) + smear * 0.5 * amt, out)
+    return out.clamp(0, 1)
+
+
+def stage_critic(run: Run) -> None:
+    """Rollouts of both models on train prompts, labelled per frame by the evaluator (true and near-miss prompts,
+    plus pixel corruptions); the critic regresses those labels."""
+    from safetensors.torch import save_file
+
+    from sdvg.world import load_world
+    from sdvg.world.critic import CriticNet, prompt_features
+    from sdvg.world.evaluator import frame_scores
+    from sdvg.world.grammar import parse
+
+    rng = run.seed_stage("critic")
+    prng = random.Random(derive_seed("critic-prompts", run.seed))
+    world = load_world(weights=run.out, critic=False)
+    stream = scene_stream(derive_seed("critic-data", run.seed), p_two=0.25, p_turn=0.25)
+    frames_l, scenes_l, starts_l, t0 = [], [], [], time.time()
+    for i in range(run.budget.critic_rollouts):
+        scene, s = next(stream)
+        mode = "draft" if i % 3 else "target"
+        f, _ = generate(world, scene.prompt, mode, seed=s)
+        frames_l.append(f)
+        scenes_l.append(scene)
+    run.log("critic", rollouts=len(frames_l), rollout_s=round(time.time() - t0, 1))
+    # examples: (video index, prompt scene) pairs, labelled per frame
+    g = torch.Generator().manual_seed(derive_seed("critic-noise", run.seed))
+    X, C, P, Y = [], [], [], []
+    for f, scene in zip(frames_l, scenes_l):
+        for sc in [scene, mutate(scene, prng), mutate(scene, prng)]:
+            v, pal = prompt_features(sc)
+            for x in (f, corrupt(f, g)):  # as decoded, and degraded in pixel space
+                X.append(x)
+                C.append(v.expand(len(f), -1))
+                P.append(pal.expand(len(f), -1, -1))
+                Y.append(frame_scores(x, sc)["adherence"])
+    X, C, P, Y = torch.cat(X), torch.cat(C), torch.cat(P), torch.cat(Y)
+    run.log("critic", examples=len(Y), label_mean=round(Y.mean().item(), 3), label_std=round(Y.std().item(), 3))
+    net = CriticNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps, bs = run.budget.critic_steps, 64
+    for step in range(steps):
+        for gr in opt.param_groups:
+            gr["lr"] = lr_at(step, steps, 2e-3)
+        idx = torch.from_numpy(rng.choice(len(Y), size=bs))
+        x, c, p, y = X[idx], C[idx], P[idx], Y[idx]
+        pred = net(x, c, p)
+        loss = ((pred - y) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            run.log("critic", step=step, mse=round(loss.item(), 5))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(run.out / "critic.safetensors"))
+
+
+# ---- stage: card -----------------------------------------------------------------------------------------------
+def spearman(a, b) -> float:
+    ra = np.argsort(np.argsort(np.asarray(a, dtype=np.float64)))
+    rb = np.argsort(np.argsort(np.asarray(b, dtype=np.float64)))
+    return float(np.corrcoef(ra, rb)[0, 1]) if len(ra) > 2 else float("nan")
+
+
+def forward_cost(world) -> dict:
+    """FLOP ratio and measured wall-time ratio of one cached block forward (the 5th block, 12 frames of context)."""
+    from sdvg.cache import KVCache
+
+    out = {}
+    video = world.video
+    keys = video.frames_per_block * 5 * video.tokens_per_frame
+    ft, fd = (spec.dit_flops_per_token(c, keys) for c in (spec.TARGET, spec.DRAFTER))
+    out["flops_per_token_target"], out["flops_per_token_drafter"] = ft, fd
+    out["flop_ratio"] = round(ft / fd, 2)
+    ctx = world.text_encoder.encode(["a red circle moving right on a blue background"])
+    times = {}
+    for name, dit in (("target", world.target), ("drafter", world.drafter)):
+        cache = KVCache(dit.cfg, video.latent_frames, video.tokens_per_frame, 1, "cpu", torch.float32)
+        x = torch.randn(1, spec.Z_DIM, 12, *video.latent_hw)
+        with torch.no_grad():
+            dit(x, torch.zeros(1, 12), ctx, cache=cache, start_frame=0, block_frames=3)
+            xb = torch.randn(1, spec.Z_DIM, 3, *video.latent_hw)
+            best = float("inf")
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    dit(xb, torch.full((1, 3), 625.0), ctx, cache=cache, start_frame=12)
+                best = min(best, (time.perf_counter() - t0) / 10)
+        times[name] = best
+        out[f"params_{name}"] = sum(p.numel() for p in dit.parameters())
+    out["ms_target"], out["ms_drafter"] = round(times["target"] * 1e3, 3), round(times["drafter"] * 1e3, 3)
+    out["time_ratio"] = round(times["target"] / times["drafter"], 2)
+    return out
+
+
+def stage_card(run: Run) -> None:
+    """Evaluate on held-out prompts (target-only, draft-only, SDVG at the middle tau), the critic-evaluator
+    Spearman, the forward cost ratio; write world.json and MODEL_CARD.md."""
+    from sdvg.world import load_world, read_prompts
+    from sdvg.world.evaluator import evaluate, evaluate_block
+    from sdvg.world.render import block_frame_range
+
+    run.seed_stage("card")
+    world = load_world(weights=run.out)
+    heldout = read_prompts("heldout")[:run.budget.eval_prompts]
+    train = read_prompts("train")[:run.budget.eval_prompts]
+    # tau sweep from the critic's block scores on draft blocks of train prompts
+    res: dict = {"train": {}, "heldout": {}}
+    crit_scores, block_q = [], []
+    for split, prompts in (("train", train), ("heldout", heldout)):
+        rows = {m: [] for m in ("target", "draft")}
+        for i, p in enumerate(prompts):
+            seed = derive_seed("card", run.seed, split, i) % 2**31
+            for mode in ("target", "draft"):
+                f, tr = generate(world, p, mode, seed)
+                e = evaluate(f, p)
+                rows[mode].append(e)
+                if mode == "draft":
+                    for b in range(world.video.num_blocks):
+                        s, e_ = block_frame_range(b)
+                        blk = f[s:e_]
+                        crit_scores.append(world.critic.score(blk, p).min().item())
+                        block_q.append(evaluate_block(blk, p, b)["quality"])
+        for m, r in rows.items():
+            res[split][m] = {k: round(float(np.mean([x[k] for x in r])), 4) for k in r[0]}
+        run.log("card", split=split, target=res[split]["target"]["quality"], draft=res[split]["draft"]["quality"])
+    res["critic_spearman_block"] = round(spearman(crit_scores, block_q), 3)
+    qs = np.quantile(crit_scores, [0.1, 0.3, 0.5, 0.7, 0.9])
+    taus = [round(float(q), 3) for q in qs]
+    res["default_taus"], res["default_tau"] = taus, taus[2]
+    # SDVG at the middle tau on held-out prompts
+    sd, acc = [], []
+    for i, p in enumerate(heldout):
+        seed = derive_seed("card", run.seed, "heldout", i) % 2**31
+        f, tr = generate(world, p, "sdvg", seed, scorer=world.critic, tau=taus[2])
+        sd.append(evaluate(f, p)["quality"])
+        acc.append(tr.accept_rate)
+    res["heldout"]["sdvg"] = {"quality": round(float(np.mean(sd)), 4), "accept_rate": round(float(np.mean(acc)), 3),
+                              "tau": taus[2]}
+    res["cost"] = forward_cost(world)
+    run.log("card", **{k: v for k, v in res.items() if k not in ("train", "heldout")},
+            sdvg=res["heldout"]["sdvg"])
+    info = {"seed": run.seed, "budget": asdict(run.budget), "default_taus": taus, "default_tau": taus[2],
+            "metrics": res}
+    (run.out / "world.json").write_text(json.dumps(info, indent=2) + "\n")
+    from sdvg.world.card import write_card
+
+    write_card(run.out, info)
+
+
+STAGES = {"vae": stage_vae, "latents": stage_latents, "target": stage_target, "drafter": stage_drafter,
+          "critic": stage_critic, "card": stage_card}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="sdvg/world/weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma list from {','.join(STAGES)}")
+    p.add_argument("--work", default=None, help="intermediates (default: <tmp>/sdvg-world-work-<seed>)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test of the script)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / f"sdvg-world-work-{args.seed}"
+    run = Run(out, work, args.seed, QUICK if args.quick else Budget())
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        sys.exit(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    run.log("start", seed=args.seed, stages=stages, budget=asdict(run.budget), threads=args.threads,
+            torch=torch.__version__)
+    for s in [s for s in STAGES if s in stages]:
+        t = time.time()
+        STAGES[s](run)
+        run.log(s, done_s=round(time.time() - t, 1))
+    run.log("end", total_s=round(time.time() - run.t0, 1))
+
+
+if __name__ == "__main__":
+    main()

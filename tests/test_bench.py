@@ -1,0 +1,86 @@
+"""The study runner on tiny random models: rows, resume, refusal, sharding, summary, torchrun equivalence."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sdvg.bench import bench_main, plan_runs, shard, summarise
+from sdvg.io import read_jsonl
+
+ARGS = ["--models", "tiny", "--modes", "target,draft,sdvg,random,mean,first,hybrid", "--taus", "0,0.01",
+        "--no-warmup"]
+
+
+def _prompts(tmp_path, n=3):
+    f = tmp_path / "prompts.txt"
+    f.write_text("\n".join(f"prompt number {i}" for i in range(n)) + "\n")
+    return str(f)
+
+
+def test_plan_and_shard():
+    runs = plan_runs(["target", "draft", "sdvg", "random"], [-0.7, -1.0], 2)
+    assert [r.key for r in runs] == ["target", "draft", "sdvg@-0.7", "random@-0.7", "sdvg@-1", "random@-1"]
+    with pytest.raises(ValueError, match="needs sdvg"):
+        plan_runs(["random"], [0.0], 2)
+    parts = [shard(1003, r, 8) for r in range(8)]
+    assert sorted(i for p in parts for i in p) == list(range(1003))
+
+
+def test_bench_rows_summary_resume_and_refusal(tmp_path):
+    out = tmp_path / "b"
+    p = _prompts(tmp_path, 2)
+    assert bench_main(ARGS + ["--prompts", p, "--out", str(out)]) == 0
+    rows = read_jsonl(out / "results.jsonl")
+    assert len(rows) == 2 * (3 + 4 * 2)
+    for f in ("summary.md", "summary.csv", "pareto.png", "config.json"):
+        assert (out / f).stat().st_size > 0
+    r = next(r for r in rows if r["run"] == "sdvg@0")
+    for k in ("wall_s", "drafter_forwards", "target_forwards", "accept_rate", "accepted", "quality", "seed"):
+        assert k in r
+    rnd = next(x for x in rows if x["run"] == "random@0" and x["prompt_index"] == r["prompt_index"])
+    assert rnd["routed_accept_rate"] == r["accept_rate"]
+
+    # a killed run: drop the last 3 rows and a torn line, then resume: only those 3 are redone
+    lines = (out / "results.jsonl").read_text().splitlines(True)
+    (out / "results.jsonl").write_text("".join(lines[:-3]) + '{"key": "0/0/tar')
+    before = {x["key"]: x for x in read_jsonl(out / "results.jsonl")}
+    assert bench_main(ARGS + ["--prompts", p, "--out", str(out)]) == 0
+    after = {x["key"]: x for x in read_jsonl(out / "results.jsonl")}
+    assert len(after) == len(rows) and all(after[k] == v for k, v in before.items())
+
+    with pytest.raises(ValueError, match="different study"):
+        bench_main(ARGS[:-3] + ["--taus", "0.5", "--no-warmup", "--prompts", p, "--out", str(out)])
+    assert bench_main(ARGS[:-3] + ["--taus", "0.5", "--no-warmup", "--prompts", p, "--out", str(out), "--force"]) == 0
+    assert {x["tau"] for x in read_jsonl(out / "results.jsonl")} == {None, 0.5}
+
+
+def test_summary_numbers_come_from_rows():
+    def row(run, label, order, t, q, acc=None):
+        return dict(run=run, label=label, tau=None, run_order=order, wall_s=t, quality=q, accept_rate=acc,
+                    accepted=[None, acc is not None and acc > 0.5], drafter_forwards=0, target_forwards=10)
+    rows = [row("target", "target", 0, 4.0, 1.0), row("target", "target", 0, 6.0, 0.8),
+            row("sdvg@1", "sdvg", 1, 2.0, 0.9, 1.0), row("sdvg@1", "sdvg", 1, 3.0, 0.9, 0.0)]
+    s = {x["run"]: x for x in summarise(rows)}
+    assert s["sdvg@1"]["speedup"] == pytest.approx(5.0 / 2.5)
+    assert s["sdvg@1"]["retention_pct"] == pytest.approx(100 * 0.9 / 0.9)
+    assert s["sdvg@1"]["accept_rate"] == 0.5 and s["sdvg@1"]["accept_by_position"] == [None, 0.5]
+
+
+def test_torchrun_two_ranks_equal_one_rank(tmp_path):
+    p = _prompts(tmp_path, 3)
+    args = ["--models", "tiny", "--modes", "target,draft,sdvg", "--taus", "0.01", "--no-warmup", "--prompts", p]
+    assert bench_main(args + ["--out", str(tmp_path / "one")]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "sdvg", "bench", *args, "--out", str(tmp_path / "two")]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    one = {r["key"]: r for r in read_jsonl(tmp_path / "one" / "results.jsonl")}
+    two = {r["key"]: r for r in read_jsonl(tmp_path / "two" / "results.jsonl")}
+    assert one.keys() == two.keys() and len(one) == 3 * 3
+    assert {r["rank"] for r in two.values()} == {0, 1}
+    for k in one:
+        assert one[k]["accepted"] == two[k]["accepted"] and one[k]["seed"] == two[k]["seed"]
+        assert one[k]["quality"] == pytest.approx(two[k]["quality"], rel=1e-5)
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["runs"]

@@ -1,0 +1,54 @@
+"""`sdvg generate` end to end on tiny random models: mp4 + JSON written, errors clear, nothing half-written."""
+import json
+
+import pytest
+
+from sdvg.cli import main
+
+
+def test_generate_writes_mp4_and_trace(tmp_path, capsys):
+    rc = main(["generate", "a red circle", "--models", "tiny", "--out", str(tmp_path), "--tau", "0.001",
+               "--no-progress"])
+    assert rc == 0
+    assert (tmp_path / "a red circle.mp4").stat().st_size > 0
+    trace = json.loads((tmp_path / "a red circle.json").read_text())
+    assert trace["mode"] == "sdvg" and trace["tau"] == 0.001 and len(trace["blocks"]) == 3
+    assert "quality" in trace
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_generate_prompt_file_modes_and_config(tmp_path):
+    pf = tmp_path / "p.txt"
+    pf.write_text("a red circle\na blue square\n")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"mode": "target", "models": "tiny", "no_progress": True}))
+    assert main(["generate", "--prompts-file", str(pf), "--config", str(cfg), "--out", str(tmp_path / "o")]) == 0
+    names = sorted(p.name for p in (tmp_path / "o").glob("*.json"))
+    assert names == ["0000-a red circle.json", "0001-a blue square.json"]
+    assert json.loads((tmp_path / "o" / names[0]).read_text())["mode"] == "target"
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["generate", "", "--models", "tiny"], "empty prompt"),
+    (["generate", "x", "--models", "tiny", "--tau", "abc"], "tau must be a number"),
+    (["generate", "x", "--models", "tiny", "--mode", "fast"], "invalid choice"),
+])
+def test_generate_argument_errors(argv, msg, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--out", str(tmp_path)])
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_runtime_errors_are_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert main(["generate", "--prompts-file", str(empty), "--models", "tiny", "--out", str(tmp_path)]) == 2
+    assert "no prompts" in capsys.readouterr().err
+    assert main(["generate", "x", "--target", str(tmp_path / "missing.pt"), "--vae", str(tmp_path),
+                 "--text-encoder", str(tmp_path)]) == 2
+
+
+def test_help_lists_commands(capsys):
+    assert main([]) == 0
+    assert "generate" in capsys.readouterr().out

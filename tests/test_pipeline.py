@@ -1,0 +1,124 @@
+"""The speculative loop on tiny random models: exactness invariants, lazy commits, traces, errors."""
+import math
+
+import pytest
+import torch
+
+from sdvg.config import CacheConfig
+from sdvg.loading import load_tiny_models
+from sdvg.pipeline import NonFiniteError
+from sdvg.vae import StreamingDecoder
+
+PROMPT = "a red circle moving right"
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_tiny_models(seed=0, num_blocks=3)
+
+
+POLICIES = [CacheConfig(policy="append"), CacheConfig(policy="recompute", recompute_frames=3)]
+
+
+@pytest.mark.parametrize("cache", POLICIES, ids=["append", "recompute"])
+def test_tau_inf_is_exactly_target_only(models, cache):
+    ref = models.pipeline(cache=cache)(PROMPT, mode="target", seed=3)
+    out = models.pipeline(tau=math.inf, cache=cache)(PROMPT, mode="sdvg", seed=3)
+    assert torch.equal(out.frames, ref.frames) and torch.equal(out.latents, ref.latents)
+    assert out.trace.accept_rate == 0.0
+    assert [b.source for b in out.trace.blocks] == ["target"] * 3
+
+
+@pytest.mark.parametrize("cache", POLICIES, ids=["append", "recompute"])
+def test_tau_minus_inf_without_forced_block0_is_exactly_draft_only(models, cache):
+    ref = models.pipeline(cache=cache)(PROMPT, mode="draft", seed=3)
+    out = models.pipeline(tau=-math.inf, cache=cache)(PROMPT, mode="sdvg", seed=3, force_reject_first=False)
+    assert torch.equal(out.frames, ref.frames) and torch.equal(out.latents, ref.latents)
+    assert out.trace.accept_rate == 1.0 and out.trace.target_forwards == 0
+
+
+@pytest.mark.parametrize("cache", POLICIES, ids=["append", "recompute"])
+def test_lazy_commits_are_bit_identical_to_eager(models, cache):
+    kw = dict(router="random", accept_rate=0.5, seed=1, cache=cache)
+    lazy = load_tiny_models(seed=0, num_blocks=5).pipeline(lazy_commit=True, **kw)
+    eager = load_tiny_models(seed=0, num_blocks=5).pipeline(lazy_commit=False, **kw)
+    a, b = lazy(PROMPT, seed=9), eager(PROMPT, seed=9)  # accepts blocks 1, 2, then rejects 3: a batched commit
+    assert [x.accepted for x in a.trace.blocks] == [x.accepted for x in b.trace.blocks]
+    assert {True, False} <= {x.accepted for x in a.trace.blocks[1:]}  # the seed gives a mix
+    assert torch.equal(a.frames, b.frames)
+    assert a.trace.target_forwards <= b.trace.target_forwards
+
+
+def test_rejected_block_is_regenerated_from_the_same_noise_and_decode_cache_restored(models):
+    """Emitted frames equal a one-shot decode of the emitted latents: no draft leaks into the VAE cache."""
+    pipe = models.pipeline(router="random", accept_rate=0.5, seed=2)
+    out = pipe(PROMPT, seed=4)  # accepts block 1, rejects block 2
+    assert {True, False} <= {b.accepted for b in out.trace.blocks[1:]}
+    fresh = StreamingDecoder(models.decoder.vae, [0.0] * 4, [1.0] * 4)  # the tiny set decodes un-normalised
+    assert torch.allclose(out.frames, fresh.decode(out.latents), atol=1e-6)
+    # accepting nothing gives the target-only video: regeneration used the draft's noise
+    ref = models.pipeline()(PROMPT, mode="target", seed=4)
+    assert torch.equal(out.latents[:, :, :3], ref.latents[:, :, :3])  # block 0 is the target's
+
+
+def test_forward_counts_match_the_cost_model(models):
+    n, steps = models.video.num_blocks, 4
+    t = models.pipeline()(PROMPT, mode="target", seed=0).trace
+    assert t.target_forwards == n * steps + (n - 1)  # the trailing block's commit never runs
+    d = models.pipeline()(PROMPT, mode="draft", seed=0).trace
+    assert d.drafter_forwards == n * steps + (n - 1) and d.target_forwards == 0
+    s = models.pipeline(router="accept-all")(PROMPT, mode="sdvg", seed=0).trace
+    assert s.blocks[0].source == "target" and s.blocks[0].drafter_forwards == 0  # no draft wasted on block 0
+    assert s.target_forwards == steps  # accepted blocks are never committed: nothing later needs the target
+    assert s.accept_rate == 1.0
+
+
+def test_hybrid_and_stitch_modes(models):
+    ref = models.pipeline()(PROMPT, mode="stitch", seed=4, stitch_steps=2)
+    assert [b.source for b in ref.trace.blocks] == ["stitch"] * 3
+    assert ref.trace.target_forwards == 3 * 2 + 2
+    hyb = models.pipeline(tau=math.inf)(PROMPT, mode="sdvg", seed=4, stitch_steps=2)
+    assert [b.source for b in hyb.trace.blocks] == ["target", "stitch", "stitch"]
+
+
+def test_trace_fields_and_stream(models):
+    pipe = models.pipeline(tau=0.0)
+    seen = []
+    out = pipe(PROMPT, seed=1, callback=seen.append)
+    assert [b.index for b in seen] == [0, 1, 2]
+    assert seen[0].frames.shape[0] == 9 and seen[1].frames.shape[0] == 12
+    assert out.frames.shape == (33, 3, 32, 32) and 0 <= out.frames.min() and out.frames.max() <= 1
+    d = out.trace.to_dict()
+    for k in ("prompt", "seed", "mode", "tau", "router", "cache_policy", "blocks", "accept_rate", "wall_s",
+              "peak_mem_mb", "drafter_forwards", "target_forwards"):
+        assert k in d
+    b1 = d["blocks"][1]
+    assert set(b1) >= {"index", "accepted", "score", "frame_scores", "threshold", "drafter_forwards",
+                       "target_forwards", "ms"}
+    assert len(b1["frame_scores"]) == 12 and b1["score"] == min(b1["frame_scores"])
+    assert {"draft", "decode", "score"} <= set(b1["ms"])
+
+
+def test_videos_do_not_depend_on_earlier_videos(models):
+    pipe = models.pipeline(router="random", accept_rate=0.5)
+    a = pipe(PROMPT, seed=9).frames
+    pipe("a blue square", seed=1)
+    assert torch.equal(pipe(PROMPT, seed=9).frames, a)
+
+
+def test_bad_input_errors(models):
+    pipe = models.pipeline()
+    with pytest.raises(ValueError, match="empty prompt"):
+        pipe("  ")
+    with pytest.raises(ValueError, match="unknown mode"):
+        pipe(PROMPT, mode="fast")
+    with pytest.raises(ValueError, match="stitch_steps"):
+        pipe(PROMPT, stitch_steps=4)
+
+
+def test_nan_latents_stop_with_the_block_index():
+    bad = load_tiny_models(seed=0)
+    with torch.no_grad():
+        bad.target.head.head.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="block 0"):
+        bad.pipeline()(PROMPT, mode="target")

@@ -1,0 +1,170 @@
+"""The embedded world: grammar, renderer, evaluator, critic, text encoder, shipped weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sdvg.world import WEIGHTS_DIR, read_prompts
+from sdvg.world.evaluator import evaluate, evaluate_block, frame_scores
+from sdvg.world.grammar import VOCABULARY, PromptError, parse, prompt_lists
+from sdvg.world.render import block_frame_range, frames_for, render, trajectory
+
+torch.set_num_threads(1)
+HAS_WEIGHTS = all((WEIGHTS_DIR / f).exists() for f in ("target.safetensors", "drafter.safetensors", "vae",
+                                                        "text_encoder", "critic.safetensors"))
+needs_weights = pytest.mark.skipif(not HAS_WEIGHTS, reason="world weights not trained (python -m sdvg.world.train)")
+
+
+def test_parse_round_trip_and_defaults():
+    s = parse("A small Red circle moving right, on a blue background.")
+    o = s.objects[0]
+    assert (o.colour, o.shape, o.size, o.motion, o.turns, s.background) == ("red", "circle", "small", "right", None,
+                                                                            "blue")
+    assert parse(s.prompt) == s
+    s2 = parse("a green triangle that turns red and a big white square bouncing up and down")
+    assert s2.background == "black" and s2.objects[0].motion == "still" and s2.objects[0].turns == "red"
+    assert s2.objects[1].motion == "bounce_ud" and parse(s2.prompt) == s2
+
+
+def test_bad_prompts_list_the_vocabulary():
+    with pytest.raises(PromptError) as e:
+        parse("a purple circle flying")
+    msg = str(e.value)
+    assert "'purple'" in msg and "'flying'" in msg and "Vocabulary:" in msg and all(w in msg for w in VOCABULARY)
+    with pytest.raises(PromptError, match="expected"):
+        parse("red circle")
+    with pytest.raises(PromptError, match="different"):
+        parse("a red circle on a red background")
+
+
+def test_prompt_lists_split_and_files():
+    train, heldout = prompt_lists()
+    from sdvg.world.grammar import is_heldout
+    assert not any(is_heldout(parse(p)) for p in train) and all(is_heldout(parse(p)) for p in heldout)
+    assert read_prompts("train") == train and read_prompts("heldout") == heldout
+
+
+def test_render_deterministic_and_geometry():
+    p = "a big red square moving right on a blue background"
+    a, info = render(p, 9, seed=3)
+    b, _ = render(p, 9, seed=3)
+    c, _ = render(p, 9, seed=4)
+    assert a.shape == (9, 3, 64, 64) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1
+    fs = frame_scores(a, p)
+    assert np.allclose(fs["cx"][0].numpy(), info.centres[0][:, 0], atol=0.3)
+    assert np.allclose(fs["cy"][0].numpy(), info.centres[0][:, 1], atol=0.3)
+    t = np.arange(105.0)
+    x = trajectory(parse(p).objects[0], 0, 1, t)[:, 0]
+    assert np.all(np.diff(x) > 0)  # moving right
+    # rendering a window equals slicing the full video
+    full, _ = render(p, 21, seed=3)
+    part, _ = render(p, 12, seed=3, start_frame=9)
+    assert torch.allclose(full[9:], part)
+
+
+def test_block_frame_ranges():
+    assert frames_for(27) == 105
+    assert block_frame_range(0) == (0, 9) and block_frame_range(1) == (9, 21) and block_frame_range(8) == (93, 105)
+
+
+def _blur(f):
+    return F.avg_pool2d(F.pad(f, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+
+
+@pytest.mark.parametrize("prompt", ["a small yellow triangle moving up on a black background",
+                                    "a big cyan circle bouncing left and right that turns red on a white background",
+                                    "a green square moving in a circle and a small red circle moving left"])
+def test_evaluator_ranks_ground_truth_first(prompt):
+    f, _ = render(prompt, 45, seed=1)
+    gt = evaluate(f, prompt)
+    assert gt["quality"] > 0.9
+    wrong_colour = parse(prompt).objects[0]
+    other = next(c for c in ("magenta", "blue", "white") if c not in parse(prompt).colours)
+    bad = [_blur(f), (f + 0.15 * torch.randn(f.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1),
+           f.flip(0), f[:1].expand_as(f),
+           render(prompt.replace(wrong_colour.colour, other, 1), 45, seed=1)[0]]
+    for x in bad:
+        assert evaluate(x, prompt)["quality"] < gt["quality"] - 0.05
+    q = evaluate_block(f[9:21], prompt, 1)["quality"]
+    assert q > 0.9 and q > evaluate_block(_blur(f[9:21]), prompt, 1)["quality"]
+
+
+def test_critic_shapes():
+    from sdvg.world.critic import CriticNet, WorldCritic
+
+    c = WorldCritic(CriticNet())
+    s = c.score(torch.rand(4, 3, 64, 64), "a red circle and a blue square that turns green on a white background")
+    assert s.shape == (4,) and torch.all((s >= 0) & (s <= 1))
+    assert c.score(torch.rand(2, 3, 32, 32), "a red circle").shape == (2,)
+    with pytest.raises(PromptError):
+        c.score(torch.rand(1, 3, 64, 64), "a red dog")
+
+
+def test_text_encoder_zeroes_padding(tmp_path):
+    from sdvg.world.text import WorldTextEncoder, build_encoder, build_tokenizer
+
+    torch.manual_seed(0)
+    enc = WorldTextEncoder(build_encoder(), build_tokenizer())
+    e = enc.encode(["a red circle", "a big blue square moving left on a white background"])
+    assert e.shape == (2, 32, 64)
+    assert e[0, 4:].abs().sum() == 0 and e[0, :4].abs().sum() > 0  # 3 words + </s>
+    enc.model.save_pretrained(tmp_path)
+    enc.tokenizer.save_pretrained(tmp_path)
+    e2 = WorldTextEncoder.from_pretrained(tmp_path).encode(["a red circle"])
+    assert torch.allclose(e2[0], e[0])
+    with pytest.raises(PromptError):
+        enc.encode(["a red dog"])
+
+
+def test_dit_training_step_on_tiny_model():
+    from sdvg.config import SamplerConfig
+    from sdvg.sampler import schedule_table, timesteps
+    from sdvg.wan import WanDiT
+    from sdvg.world import spec
+    from sdvg.world.train import dit_step
+
+    torch.manual_seed(0)
+    dit = WanDiT(spec.DRAFTER)
+    lat = torch.randn(2, spec.Z_DIM, 27, 8, 8)
+    ctx = torch.randn(2, spec.TEXT_LEN, spec.TEXT_DIM)
+    loss = dit_step(dit, lat, ctx, np.random.default_rng(0), torch.Generator().manual_seed(0),
+                    timesteps(SamplerConfig()), schedule_table(SamplerConfig()))
+    loss.backward()
+    assert torch.isfinite(loss) and dit.patch_embedding.weight.grad is not None
+
+
+@needs_weights
+def test_load_world_shapes():
+    import time
+
+    from sdvg.world import load_world
+
+    t0 = time.time()
+    w = load_world()
+    assert time.time() - t0 < 10
+    ctx = w.text_encoder.encode(["a red circle moving right on a blue background"])
+    assert ctx.shape == (1, 32, 64)
+    x = torch.randn(1, 8, 3, 8, 8)
+    for dit in (w.drafter, w.target):
+        with torch.no_grad():
+            assert dit(x, torch.full((1,), 1000.0), ctx).shape == x.shape
+    w.decoder.reset()
+    assert w.decoder.decode(x).shape == (9, 3, 64, 64)
+    assert w.critic.score(torch.rand(3, 3, 64, 64), "a red circle").shape == (3,)
+    assert w.video.num_frames == 105 and len(w.prompts) > 0 and w.default_tau in w.default_taus
+
+
+@needs_weights
+def test_target_beats_drafter_on_heldout_prompts():
+    from sdvg.world import load_world
+    from sdvg.world.train import generate
+
+    w = load_world()
+    prompts = ["a small red triangle moving left on a white background",
+               "a white triangle moving in a circle on a cyan background"]
+    q = {m: np.mean([evaluate(generate(w, p, m, seed=i, num_blocks=3)[0], p)["quality"]
+                     for i, p in enumerate(prompts)]) for m in ("target", "draft")}
+    assert q["target"] > q["draft"]
