@@ -58,8 +58,13 @@ def write_json(path: str | os.PathLike, obj) -> None:
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one JSON line with a single write + fsync, so a killed run leaves whole lines only."""
     line = json.dumps(row, default=_jsonable) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() > 0:  # a torn last line (killed mid-write) must not swallow this row
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
 

@@ -239,4 +239,4 @@ def test_safetensors_copy_loads_the_same(files):
     frames = torch.rand(2, 3, 32, 32)
     a = load(files).score(frames, "a cat")
     b = ImageRewardScorer.from_pretrained(files / "ImageReward.safetensors", config=TINY).score(frames, "a cat")
-    assert torch.equal(a, b)
+    assert torch.allclose(a, b, atol=1e-6)  # same weights; thread count may differ between loads

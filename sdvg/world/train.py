@@ -31,9 +31,9 @@ from sdvg.world.data import analytic_latents, clip_batch, scene_stream, videos
 class Budget:
     """Step counts (fixed, so results depend on the seed only, not on machine speed)."""
 
-    vae_steps: int = 400
-    vae_batch: int = 4
-    vae_frames: int = 5
+    vae_steps: int = 600
+    vae_batch: int = 2
+    vae_frames: int = 13
     encoder_steps: int = 100
     videos: int = 1024
     target_steps: int = 700
@@ -125,11 +125,11 @@ def stage_vae(run: Run) -> None:
     stream = scene_stream(derive_seed("vae-data", run.seed))
     gen = torch.Generator().manual_seed(derive_seed("vae-noise", run.seed))
     dec_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.Adam(dec_params, lr=3e-4)
+    opt = torch.optim.Adam(dec_params, lr=6e-4)
     t0 = time.time()
     for step in range(b.vae_steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, b.vae_steps, 3e-4)
+            g["lr"] = lr_at(step, b.vae_steps, 6e-4)
         x = clip_batch(stream, b.vae_batch, b.vae_frames, rng)
         z = analytic_latents(x)
         z = z + 0.1 * s5 * torch.randn(z.shape, generator=gen)
