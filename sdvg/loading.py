@@ -108,8 +108,9 @@ def load_checkpoint_models(*, drafter: str | None, target: str | None, vae: str,
     d = load_dit(drafter, dit_preset(drafter_preset), device=device, dtype=dt, ema=ema) if drafter else None
     t = load_dit(target, dit_preset(target_preset), device=device, dtype=dt, ema=ema) if target else None
     dec = load_wan_vae(vae, device=aux, dtype=dt)
-    te = (PrecomputedTextEncoder(text_encoder) if Path(text_encoder).is_file()
-          else UMT5TextEncoder.from_pretrained(text_encoder, device=aux, dtype=dt))
+    text_len = (t or d).cfg.text_len
+    te = (PrecomputedTextEncoder(text_encoder, text_len=text_len) if Path(text_encoder).is_file()
+          else UMT5TextEncoder.from_pretrained(text_encoder, device=aux, dtype=dt, text_len=text_len))
     sc = None
     if scorer and scorer != "none":
         sc = build_scorer(scorer, path=scorer_path, med_config=med_config, tokenizer_dir=tokenizer_dir,

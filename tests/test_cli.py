@@ -52,3 +52,32 @@ def test_generate_runtime_errors_are_one_line(tmp_path, capsys):
 def test_help_lists_commands(capsys):
     assert main([]) == 0
     assert "generate" in capsys.readouterr().out
+
+
+def test_generate_from_real_format_checkpoints(tmp_path, capsys):
+    """The checkpoint path end to end: Self-Forcing .pt drafter, Krea .safetensors target, Wan2.1_VAE.pth,
+    precomputed text embeddings, `sdvg inspect`, then `sdvg generate` with them."""
+    from sdvg.checkpoints import save_dit
+    from sdvg.loading import load_tiny_models
+    from sdvg.text import save_precomputed
+    from sdvg.vae import save_wan_vae
+
+    m = load_tiny_models(seed=0)
+    save_dit(m.drafter, tmp_path / "self_forcing_dmd.pt", fmt="self-forcing", ema=m.drafter)
+    save_dit(m.target, tmp_path / "krea.safetensors", fmt="krea")
+    save_wan_vae(m.decoder.vae, tmp_path / "Wan2.1_VAE.pth")
+    prompt = "a red circle"
+    save_precomputed({prompt: m.text_encoder.encode([prompt])}, tmp_path / "emb.safetensors")
+    assert main(["inspect", str(tmp_path / "krea.safetensors")]) == 0
+    assert "krea" in capsys.readouterr().out.lower()
+    argv = ["generate", prompt, "--drafter", str(tmp_path / "self_forcing_dmd.pt"), "--drafter-preset", "tiny-drafter",
+            "--target", str(tmp_path / "krea.safetensors"), "--target-preset", "tiny", "--vae",
+            str(tmp_path / "Wan2.1_VAE.pth"), "--text-encoder", str(tmp_path / "emb.safetensors"), "--scorer",
+            "sharpness", "--height", "32", "--width", "32", "--num-blocks", "3", "--tau", "0.001", "--device", "cpu",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 0
+    trace = json.loads((tmp_path / "out" / f"{prompt}.json").read_text())
+    ref = m.pipeline(tau=0.001)(prompt, seed=trace["seed"])
+    assert [b["accepted"] for b in trace["blocks"]] == [b.accepted for b in ref.trace.blocks]
+    assert main(argv[:4] + ["--drafter-preset", "wan2.1-14b"] + argv[6:]) == 2
+    assert "preset" in capsys.readouterr().err
