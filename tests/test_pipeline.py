@@ -122,3 +122,22 @@ def test_nan_latents_stop_with_the_block_index():
         bad.target.head.head.bias.fill_(float("nan"))
     with pytest.raises(NonFiniteError, match="block 0"):
         bad.pipeline()(PROMPT, mode="target")
+
+
+@pytest.mark.parametrize("mode", ["sdvg", "target", "draft", "stitch"])
+def test_every_mode_runs_with_the_recompute_policy(models, mode):
+    out = models.pipeline(cache=POLICIES[1], tau=0.0)(PROMPT, mode=mode, seed=2, stitch_steps=1 if mode == "stitch" else 0)
+    assert out.frames.shape == (33, 3, 32, 32) and out.trace.cache_policy == "recompute"
+
+
+def test_drafter_context_emitted_conditions_the_drafter_on_the_target(models):
+    """With every block rejected, 'own' drafts from the drafter's history and 'emitted' from the target's."""
+    pipe = models.pipeline(tau=math.inf)  # scores every draft, accepts none
+    own = pipe(PROMPT, seed=6, drafter_context="own")
+    emitted = pipe(PROMPT, seed=6, drafter_context="emitted")
+    assert torch.equal(own.frames, emitted.frames)  # the emitted video is the target's either way
+    # block 1 is drafted after the target's block 0 in both; block 2 after the drafter's own block 1 or the target's
+    assert own.trace.blocks[1].frame_scores == emitted.trace.blocks[1].frame_scores
+    assert own.trace.blocks[2].frame_scores != emitted.trace.blocks[2].frame_scores
+    ref = models.pipeline()(PROMPT, mode="target", seed=6)
+    assert torch.equal(own.latents, ref.latents)
