@@ -97,7 +97,7 @@ def test_critic_shapes():
 
     c = WorldCritic(CriticNet())
     s = c.score(torch.rand(4, 3, 64, 64), "a red circle and a blue square that turns green on a white background")
-    assert s.shape == (4,) and torch.all((s >= 0) & (s <= 1))
+    assert s.shape == (4,) and torch.isfinite(s).all()
     assert c.score(torch.rand(2, 3, 32, 32), "a red circle").shape == (2,)
     with pytest.raises(PromptError):
         c.score(torch.rand(1, 3, 64, 64), "a red dog")

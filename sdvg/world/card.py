@@ -1,7 +1,6 @@
 """Writes sdvg/world/MODEL_CARD.md from the metrics the training run measured (world.json)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sdvg.world import spec
@@ -34,8 +33,10 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "",
         "A toy text-to-video world shipped with sdvg so that `sdvg generate \"PROMPT\"` runs the whole speculative",
         "method for real on a CPU, with no download. Every weight below is reproduced from one seed by",
-        f"`python -m sdvg.world.train --out sdvg/world/weights --seed {info['seed']}` (2 CPU threads; the stages and",
-        "their step counts are in the script and in `weights/world.json`).",
+        f"`python -m sdvg.world.train --out sdvg/world/weights --seed {info['seed']} --threads 1` (the shipped weights",
+        "were trained with one thread; other thread counts run the same recipe but round differently, so their weights",
+        "are not bit-identical). The stages and their step counts are in the script and in `weights/world.json`;",
+        "per-stage metrics are in `weights/train_log.jsonl`.",
         "",
         "## The world",
         "- Prompts: one or two coloured shapes (circle, square, triangle; small/medium/big; 8 colours) that move",
@@ -46,8 +47,10 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "- Held-out prompts contain a colour+shape pair never seen in training (e.g. red triangle, green circle).",
         "",
         "## Models (all trained from scratch on rendered videos)",
-        f"- VAE: diffusers `AutoencoderKLWan`, {spec.VAE_KWARGS}; latents normalised by measured per-channel",
-        "  mean/std (stored as `latents_mean`/`latents_std` in its config, the Wan convention). L1+MSE+1e-4 KL.",
+        f"- VAE: diffusers `AutoencoderKLWan`, {spec.VAE_KWARGS}. Latents are analytic 8-channel block features",
+        "  (see Limits), normalised by measured per-channel mean/scale stored as `latents_mean`/`latents_std` in its",
+        "  config (the Wan convention). The decoder is trained on them (L1+MSE, object pixels weighted 10x, latents",
+        "  jittered by 0.1 std), then the encoder regresses them. Decoded block by block by `sdvg.vae.StreamingDecoder`.",
         f"- Text encoder: transformers `UMT5EncoderModel` (d_model {spec.TEXT_DIM}, 2 layers) with a word-level",
         f"  tokenizer of the grammar, {spec.TEXT_LEN} tokens, padding zeroed; trained jointly with the target, frozen after.",
         f"- Target: `WanDiT` {spec.TARGET.dim} wide, {spec.TARGET.num_layers} layers, {spec.TARGET.num_heads} heads "
@@ -56,11 +59,14 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         f"({c['params_drafter']:,} parameters), trained for fewer steps.",
         "- DiT recipe: block-causal teacher forcing. For a random block b, clean blocks 0..b-1 at t=0 (as the",
         "  append cache commits them) plus block b noised to one of the sampler's 4 timesteps (1000, 937.5, 833.3, 625),",
-        "  flow-matching loss on block b (x_t = (1-s) x0 + s eps, v = eps - x0). Both sample with sdvg's 4-step sampler",
+        "  flow-matching loss on block b (x_t = (1-s) x0 + s eps, v = eps - x0); block 0 (made from text alone) half",
+        "  the time, the last sampler step half the time, latent pixels off the background weighted 5x, text/time",
+        "  embedding MLPs Xavier-initialised (the reference's std 0.02 is too slow for a CPU budget).",
+        "  Both sample with sdvg's 4-step sampler",
         "  and block-causal KV cache. Weights: plain safetensors in the original Wan2.1 key naming.",
         "- Critic (router scorer, `sdvg/world/critic.py`): a FiLM CNN over one frame and the parsed prompt, trained to",
         "  regress the evaluator's per-frame adherence on decoded rollouts of both models, near-miss prompts and",
-        "  pixel corruptions. Higher is better, in [0, 1].",
+        "  pixel corruptions. Its score is the predicted log-adherence: unbounded like ImageReward's, higher is better.",
         "- Evaluator (`sdvg/world/evaluator.py`): ground truth from pixels and the prompt (background, object colour and",
         "  area, shape, sharpness, stray pixels, motion from the centroid track, temporal consistency); independent of",
         "  the critic. quality = 0.5 adherence + 0.3 motion + 0.2 consistency, mean over blocks.",
@@ -82,7 +88,8 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         f"- SDVG on held-out prompts at the middle tau ({sd.get('tau')}) with the critic as scorer: quality "
         f"{sd.get('quality')}, accept rate {sd.get('accept_rate')} (block 0 is always made by the target).",
         f"- Critic vs evaluator, per block (min-frame critic score vs block quality, draft-only blocks of both splits): "
-        f"Spearman {m['critic_spearman_block']}.",
+        f"Spearman {m['critic_spearman_block']} over {m.get('critic_blocks', '?')} blocks (vs the block's per-frame "
+        f"adherence alone, the part a one-frame scorer can see: {m.get('critic_spearman_block_adherence', 'n/a')}).",
         f"- Default tau sweep (deciles 10/30/50/70/90 % of the critic's draft-block scores): {info['default_taus']};"
         f" default tau {info['default_tau']}.",
         "",
@@ -97,6 +104,11 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "- A toy: flat colours, three shapes, fixed motions. It exercises the method (drafter/target gap, a learned",
         "  scorer, rejection and regeneration) but says nothing about real video quality.",
         "- Weights are bit-for-bit reproducible only with the same torch version and thread count.",
+        "- The VAE's latents are analytic (per 8x8 block and 4-frame window: mean RGB, luminance contrasts and their",
+        "  change; `sdvg/world/data.py`); only its decoder is learned (with the temporal taps on past frames held at",
+        "  zero), and its encoder is fitted to those latents afterwards. A Wan VAE trained end to end from scratch",
+        "  did not learn within a CPU budget.",
+        "- Absolute quality is modest (blurry, objects sometimes misplaced); the target/drafter gap is what matters.",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -1,9 +1,10 @@
-"""The world's learned frame critic (its "ImageReward"): prompt + one frame -> predicted adherence in [0, 1].
+"""The world's learned frame critic (its "ImageReward"): prompt + one frame -> predicted log-adherence (<= 0).
 
 The router's eyes. It sees one decoded frame at a time (as ImageReward does) and the prompt, read through the
 grammar into a fixed attribute vector (colours, shapes, sizes, motions of up to two objects and the background) plus
-per-pixel distances to the prompt's colours. It is trained (sdvg.world.train, stage "critic") to regress the
-evaluator's per-frame adherence on decoded samples of both models, VAE reconstructions, corrupted frames and frames
+per-pixel distances to the prompt's colours. It is trained (sdvg.world.train, stage "critic") to regress the log of
+the evaluator's per-frame adherence (a geometric mean, so its log spreads bad frames apart; like ImageReward the
+score is unbounded and higher is better) on decoded samples of both models, VAE reconstructions, corrupted frames and frames
 paired with a near-miss prompt; it never calls the evaluator at inference.
 """
 from __future__ import annotations
@@ -70,7 +71,7 @@ class CriticNet(nn.Module):
             g, b = film(cond).chunk(2, -1)
             x = F.silu(conv(x) * (1 + g[..., None, None]) + b[..., None, None])
         pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3)), cond], -1)
-        return torch.sigmoid(self.head(pooled).squeeze(-1))
+        return self.head(pooled).squeeze(-1)
 
 
 class WorldCritic:

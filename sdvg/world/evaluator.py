@@ -19,11 +19,11 @@ import math
 import numpy as np
 import torch
 
-from sdvg.world.grammar import COLOURS, SIZES, Scene, parse
+from sdvg.world.grammar import COLOURS, Scene, parse
 from sdvg.world.render import (CHANGE_FRAME, CHANGE_FRAMES, PERIOD, REF_FRAMES, amplitude, base_centre,
                                block_frame_range, colour_track, shape_area)
 
-EXPLAIN_TOL = 0.2  # RGB distance from the nearest palette blend that still counts as explained
+EXPLAIN_TOL = 0.3  # RGB distance from the nearest palette blend that still counts as explained
 FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.53}
 
 
@@ -110,10 +110,10 @@ def frame_scores(frames: torch.Tensor, prompt: str | Scene, start_frame: int = 0
     shape_s = torch.exp(-((fill - exp_fill) / 0.12) ** 2)
     blend = ((alpha > 0.15) & (alpha < 0.85)).float().sum((2, 3))
     perim = torch.tensor([2 * math.sqrt(math.pi * shape_area(o.shape, o.size)) * px for o in scene.objects]).view(K, 1)
-    sharp_s = torch.exp(-(blend / perim - 1.1).clamp_min(0) / 0.8)
+    sharp_s = torch.exp(-(blend / perim - 1.5).clamp_min(0) / 1.5)
     exp_bg = (1 - (exp_area.sum() + 0.7 * perim.sum()) / (H * W)).clamp_min(0.05)
-    bg_s = torch.exp(-((m["bg_frac"] - exp_bg).abs() / 0.08))
-    clean_s = torch.exp(-m["unexplained"] / 0.03)
+    bg_s = torch.exp(-((m["bg_frac"] - exp_bg).abs() / 0.15))
+    clean_s = torch.exp(-m["unexplained"] / 0.08)
     obj = (area_s * shape_s * sharp_s).clamp_min(1e-4).log().mean(0)  # [T] geometric mean over objects
     adherence = torch.exp((obj + bg_s.clamp_min(1e-4).log() + clean_s.clamp_min(1e-4).log()) / 5)
     return {"adherence": adherence, "background": bg_s, "area": area_s.mean(0), "shape": shape_s.mean(0),
@@ -164,7 +164,7 @@ def _motion_score(scene: Scene, cx: torch.Tensor, cy: torch.Tensor, area: torch.
             want = 2 * np.pi * span / (REF_FRAMES - 1)
             r = np.hypot(x - bx, y + by)
             s = min(1.0, max(0.0, th[-1] - th[0]) / (0.6 * want)) * math.exp(-max(0.0, np.abs(r - r_want).max() - 3) / 3)
-        scores.append(s)
+        scores.append(s * float(present.float().mean()))  # an object seen in few frames barely moves at all
     return float(np.mean(scores))
 
 

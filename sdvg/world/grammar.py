@@ -80,7 +80,7 @@ class PromptError(ValueError):
 def _fail(prompt: str, why: str) -> PromptError:
     return PromptError(f"cannot parse {prompt!r}: {why}.\nThe built-in world understands prompts of the form\n"
                        f"{GRAMMAR}\nwith COLOUR in {{{', '.join(COLOURS)}}}, SHAPE in {{{', '.join(SHAPES)}}}, "
-                       f"SIZE in {{small, big}}.\nVocabulary: {' '.join(VOCABULARY)}.\n"
+                       f"SIZE in {{small, medium, big}}.\nVocabulary: {' '.join(VOCABULARY)}.\n"
                        f"Example: 'a small red circle moving right on a blue background'.")
 
 

@@ -31,16 +31,16 @@ from sdvg.world.data import analytic_latents, clip_batch, scene_stream, videos
 class Budget:
     """Step counts (fixed, so results depend on the seed only, not on machine speed)."""
 
-    vae_steps: int = 600
-    vae_batch: int = 2
-    vae_frames: int = 13
+    vae_steps: int = 800
+    vae_batch: int = 4
+    vae_frames: int = 5
     encoder_steps: int = 100
     videos: int = 1024
-    target_steps: int = 700
+    target_steps: int = 2400
     drafter_steps: int = 300
     dit_batch: int = 16
     critic_rollouts: int = 24
-    critic_steps: int = 600
+    critic_steps: int = 300
     eval_prompts: int = 12
 
 
@@ -88,7 +88,26 @@ def build_vae():
         for m in vae.modules():
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and m.bias is not None:
                 m.bias.zero_()
+    freeze_past_taps(vae.decoder)
     return vae
+
+
+def freeze_past_taps(decoder) -> None:
+    """Zero, and keep at zero, the decoder's temporal taps on past frames, so each latent frame decodes on its own.
+
+    The world's latents describe each 4-frame window completely, so the decoder needs no history; without it a
+    decoder trained on short clips cannot drift over a 27-latent-frame video (it did, when the taps were free).
+    The module is still a standard causal Wan decoder (the streaming cache just carries zeros' worth of weight).
+    """
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    for m in decoder.modules():
+        if isinstance(m, WanCausalConv3d) and m.weight.shape[2] > 1:
+            with torch.no_grad():
+                m.weight[:, :, :-1].zero_()
+            mask = torch.zeros_like(m.weight)
+            mask[:, :, -1] = 1
+            m.weight.register_hook(lambda g, mask=mask: g * mask)
 
 
 def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
@@ -106,10 +125,15 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
 
 
 def latent_stats(run: Run, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean/std of the raw latents over n videos (the Wan `latents_mean/std` convention)."""
+    """Per-channel mean and scale of the raw latents over n videos (stored as Wan's `latents_mean/std`).
+
+    The scale is the std, raised where a channel is heavy-tailed (the contrast channels are ~0 except at edges) so
+    that normalised latents stay within about +-3.3 and no channel dominates the flow-matching loss."""
     x, _, _ = videos(scene_stream(derive_seed("stats", run.seed)), n)
-    z = analytic_latents(x)
-    return z.mean((0, 2, 3, 4)), z.std((0, 2, 3, 4))
+    z = analytic_latents(x).transpose(0, 1).flatten(1)
+    mean = z.mean(1)
+    peak = torch.quantile((z - mean[:, None]).abs()[:, ::7], 0.999, dim=1)
+    return mean, torch.maximum(z.std(1), peak / 3.3)
 
 
 def stage_vae(run: Run) -> None:
@@ -125,16 +149,19 @@ def stage_vae(run: Run) -> None:
     stream = scene_stream(derive_seed("vae-data", run.seed))
     gen = torch.Generator().manual_seed(derive_seed("vae-noise", run.seed))
     dec_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.Adam(dec_params, lr=6e-4)
+    opt = torch.optim.Adam(dec_params, lr=3e-4)
     t0 = time.time()
     for step in range(b.vae_steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, b.vae_steps, 6e-4)
+            g["lr"] = lr_at(step, b.vae_steps, 3e-4)
         x = clip_batch(stream, b.vae_batch, b.vae_frames, rng)
         z = analytic_latents(x)
         z = z + 0.1 * s5 * torch.randn(z.shape, generator=gen)
         y = decode_unclamped(vae, z)
-        rec = (y - x).abs().mean() + ((y - x) ** 2).mean()
+        # objects are a few percent of the pixels: weight pixels away from the frame's background colour 10x
+        bg = x.flatten(3).median(-1).values[..., None, None]
+        w = 1 + 9 * ((x - bg).abs().amax(1, keepdim=True) > 0.2).float()
+        rec = (((y - x).abs() + (y - x) ** 2) * w).mean() / w.mean()
         opt.zero_grad(set_to_none=True)
         rec.backward()
         opt.step()
@@ -156,19 +183,28 @@ def stage_vae(run: Run) -> None:
             run.log("vae-encoder", step=step, latent_mse=round(err.item(), 4))
     vae.eval()
     vae.save_pretrained(str(run.out / "vae"))
+    # whole held-out videos through the streaming decoder, judged by the evaluator
+    from sdvg.vae import load_wan_vae
+    from sdvg.world.evaluator import evaluate
+
+    dec = load_wan_vae(run.out / "vae")
+    x, scenes, _ = videos(scene_stream(derive_seed("vae-eval", run.seed), heldout=True), 4)
+    q_gt, q_rec = [], []
+    with torch.no_grad():
+        for xi, sc in zip(x, scenes):
+            dec.reset()
+            y = dec.decode((analytic_latents(xi[None]) - m5) / s5)
+            q_gt.append(evaluate((xi.permute(1, 0, 2, 3) + 1) / 2, sc)["quality"])
+            q_rec.append(evaluate(y, sc)["quality"])
+    run.log("vae", heldout_quality_gt=round(float(np.mean(q_gt)), 4), heldout_quality_decoded=round(float(np.mean(q_rec)), 4))
 
 
 # ---- stage: latents ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def stage_latents(run: Run) -> None:
-    """Latents of many full-length train videos (normalised), and the decoder's reconstruction quality."""
-    from sdvg.vae import load_wan_vae
-    from sdvg.world.evaluator import evaluate
-
+    """Normalised latents of many full-length train videos (independent of the learned VAE weights)."""
     run.seed_stage("latents")
-    dec = load_wan_vae(run.out / "vae")
-    mean = torch.tensor(dec.vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(dec.vae.config.latents_std).view(1, -1, 1, 1, 1)
+    mean, std = (v.view(1, -1, 1, 1, 1) for v in latent_stats(run))
     stream = scene_stream(derive_seed("dit-data", run.seed))
     lat, prompts, t0 = [], [], time.time()
     n, bs = run.budget.videos, 32
@@ -177,21 +213,12 @@ def stage_latents(run: Run) -> None:
         lat.append((analytic_latents(x) - mean) / std)
         prompts += [s.prompt for s in scenes]
     torch.save({"latents": torch.cat(lat).contiguous(), "prompts": prompts}, run.work / "latents.pt")
-    ho = scene_stream(derive_seed("vae-eval", run.seed), heldout=True)
-    x, scenes, _ = videos(ho, 4)
-    q_gt, q_rec = [], []
-    for xi, s in zip(x, scenes):
-        dec.reset()
-        y = dec.decode((analytic_latents(xi[None]) - mean) / std)
-        q_gt.append(evaluate((xi.permute(1, 0, 2, 3) + 1) / 2, s)["quality"])
-        q_rec.append(evaluate(y, s)["quality"])
-    run.log("latents", videos=n, s=round(time.time() - t0, 1), heldout_quality_gt=round(float(np.mean(q_gt)), 4),
-            heldout_quality_decoded=round(float(np.mean(q_rec)), 4))
+    run.log("latents", videos=n, s=round(time.time() - t0, 1))
 
 
 # ---- stages: target, drafter ----------------------------------------------------------------------------------
-T_PROBS = (0.2, 0.2, 0.25, 0.35)  # how often each of the 4 sampler timesteps is trained (the last decides the output)
-P_BLOCK0 = 0.35  # block 0 is made from the text alone (the hardest, and the cheapest to train); others uniform
+T_PROBS = (0.1, 0.15, 0.25, 0.5)  # how often each of the 4 sampler timesteps is trained (the last decides the output)
+P_BLOCK0 = 0.5  # block 0 is made from the text alone (the hardest, and the cheapest to train); others uniform
 
 
 def dit_step(dit, lat: torch.Tensor, ctx: torch.Tensor, rng: np.random.Generator, gen: torch.Generator,
@@ -215,11 +242,29 @@ def dit_step(dit, lat: torch.Tensor, ctx: torch.Tensor, rng: np.random.Generator
     tt = torch.zeros(B, x_in.shape[2])
     tt[:, b * fpb:] = t.view(B, 1)
     v = dit(x_in, tt, ctx, block_frames=fpb)
-    return ((v[:, :, b * fpb:] - (eps - tgt)) ** 2).mean()
+    # objects cover a few latent pixels of a flat background: weight the latent pixels that differ from the
+    # frame's background (its per-channel median) 5x, or the loss is all background
+    dev = (tgt - tgt.flatten(3).median(-1).values[..., None, None]).abs().amax(1, keepdim=True)
+    w = 1 + 4 * (dev > 0.3).float()
+    return ((v[:, :, b * fpb:] - (eps - tgt)) ** 2 * w).mean() / w.mean()
+
+
+@torch.no_grad()
+def block0_error(dit, enc, tok, lat: torch.Tensor, prompts: list[str], t_list: torch.Tensor) -> float:
+    """x0 error of block 0 predicted from pure noise (t = 1000): from the text alone; compare with the latent
+    variance (~1): well below it once the model reads the prompt."""
+    from sdvg.world.text import encode_with
+
+    g = torch.Generator().manual_seed(0)
+    x0 = lat[:, :, :spec.VIDEO.frames_per_block]
+    eps = torch.randn(x0.shape, generator=g)
+    v = dit(eps, torch.full(x0.shape[:1], float(t_list[0])), encode_with(enc, tok, prompts, spec.TEXT_LEN))
+    return ((eps - v - x0) ** 2).mean().item()
 
 
 def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool) -> None:
     from sdvg.checkpoints import save_dit
+    from sdvg.config import SamplerConfig
     from sdvg.sampler import schedule_table, timesteps
     from sdvg.wan import WanDiT
     from sdvg.world.text import build_encoder, build_tokenizer, encode_with
@@ -235,8 +280,6 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool)
             if isinstance(m, torch.nn.Linear):
                 torch.nn.init.xavier_uniform_(m.weight)
     if train_text:
-        from transformers import UMT5EncoderModel
-
         tok, enc = build_tokenizer(), build_encoder(spec.TEXT_DIM)
         params = list(dit.parameters()) + list(enc.parameters())
     else:
@@ -247,8 +290,7 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool)
         params = list(dit.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(derive_seed(name, "noise", run.seed))
-    sampler = __import__("sdvg.config", fromlist=["SamplerConfig"]).SamplerConfig()
-    t_list, table = timesteps(sampler), schedule_table(sampler)
+    t_list, table = timesteps(SamplerConfig()), schedule_table(SamplerConfig())
     bs, t0, ema = run.budget.dit_batch, time.time(), None
     for step in range(steps):
         for g in opt.param_groups:
@@ -262,7 +304,8 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool)
         opt.step()
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         if step % 50 == 0 or step == steps - 1:
-            run.log(name, step=step, loss=round(ema, 4), s_per_step=round((time.time() - t0) / (step + 1), 3))
+            run.log(name, step=step, loss=round(ema, 4), s_per_step=round((time.time() - t0) / (step + 1), 3),
+                    block0_x0_mse=round(block0_error(dit, enc, tok, lat[-16:], prompts[-16:], t_list), 4))
     dit.eval()
     save_dit(dit, run.out / f"{name}.safetensors", fmt="original")
     if train_text:
@@ -351,32 +394,45 @@ def stage_critic(run: Run) -> None:
     from sdvg.world import load_world
     from sdvg.world.critic import CriticNet, prompt_features
     from sdvg.world.evaluator import frame_scores
-    from sdvg.world.grammar import parse
+    from sdvg.world.render import render
 
     rng = run.seed_stage("critic")
     prng = random.Random(derive_seed("critic-prompts", run.seed))
     world = load_world(weights=run.out, critic=False)
     stream = scene_stream(derive_seed("critic-data", run.seed), p_two=0.25, p_turn=0.25)
     frames_l, scenes_l, starts_l, t0 = [], [], [], time.time()
+    mean, std = (v.view(1, -1, 1, 1, 1) for v in latent_stats(run))
     for i in range(run.budget.critic_rollouts):
         scene, s = next(stream)
-        mode = "draft" if i % 3 else "target"
-        f, _ = generate(world, scene.prompt, mode, seed=s)
+        mode = ("gt", "draft", "target", "draft")[i % 4]
+        if mode == "gt":  # a real video through the decoder: what a perfect generator would give
+            x, _ = render(scene, spec.VIDEO.num_frames, seed=s)
+            world.decoder.reset()
+            with torch.no_grad():
+                f = world.decoder.decode((analytic_latents(x.permute(1, 0, 2, 3)[None] * 2 - 1) - mean) / std)
+        else:
+            f, _ = generate(world, scene.prompt, mode, seed=s)
         frames_l.append(f)
         scenes_l.append(scene)
     run.log("critic", rollouts=len(frames_l), rollout_s=round(time.time() - t0, 1))
     # examples: (video index, prompt scene) pairs, labelled per frame
     g = torch.Generator().manual_seed(derive_seed("critic-noise", run.seed))
-    X, C, P, Y = [], [], [], []
+    frames, conds, pals, fidx, pidx, labels = [], [], [], [], [], []
+    n_frames = 0
     for f, scene in zip(frames_l, scenes_l):
-        for sc in [scene, mutate(scene, prng), mutate(scene, prng)]:
-            v, pal = prompt_features(sc)
-            for x in (f, corrupt(f, g)):  # as decoded, and degraded in pixel space
-                X.append(x)
-                C.append(v.expand(len(f), -1))
-                P.append(pal.expand(len(f), -1, -1))
-                Y.append(frame_scores(x, sc)["adherence"])
-    X, C, P, Y = torch.cat(X), torch.cat(C), torch.cat(P), torch.cat(Y)
+        prompts = [scene, mutate(scene, prng), mutate(scene, prng)]
+        feats = [prompt_features(sc) for sc in prompts]
+        for x in (f, corrupt(f, g)):  # as decoded, and degraded in pixel space
+            frames.append(x.half())
+            for sc, (v, pal) in zip(prompts, feats):
+                conds.append(v)
+                pals.append(pal)
+                fidx.append(torch.arange(n_frames, n_frames + len(x)))
+                pidx.append(torch.full((len(x),), len(conds) - 1))
+                labels.append(frame_scores(x, sc)["adherence"].clamp_min(1e-3).log())
+            n_frames += len(x)
+    X, C, P = torch.cat(frames), torch.stack(conds), torch.stack(pals)
+    FI, PI, Y = torch.cat(fidx), torch.cat(pidx), torch.cat(labels)
     run.log("critic", examples=len(Y), label_mean=round(Y.mean().item(), 3), label_std=round(Y.std().item(), 3))
     net = CriticNet()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -385,9 +441,9 @@ def stage_critic(run: Run) -> None:
         for gr in opt.param_groups:
             gr["lr"] = lr_at(step, steps, 2e-3)
         idx = torch.from_numpy(rng.choice(len(Y), size=bs))
-        x, c, p, y = X[idx], C[idx], P[idx], Y[idx]
-        pred = net(x, c, p)
-        loss = ((pred - y) ** 2).mean()
+        pi = PI[idx]
+        pred = net(X[FI[idx]].float(), C[pi], P[pi])
+        loss = ((pred - Y[idx]) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -447,7 +503,7 @@ def stage_card(run: Run) -> None:
     train = read_prompts("train")[:run.budget.eval_prompts]
     # tau sweep from the critic's block scores on draft blocks of train prompts
     res: dict = {"train": {}, "heldout": {}}
-    crit_scores, block_q = [], []
+    crit_scores, block_q, block_a = [], [], []
     for split, prompts in (("train", train), ("heldout", heldout)):
         rows = {m: [] for m in ("target", "draft")}
         for i, p in enumerate(prompts):
@@ -461,11 +517,15 @@ def stage_card(run: Run) -> None:
                         s, e_ = block_frame_range(b)
                         blk = f[s:e_]
                         crit_scores.append(world.critic.score(blk, p).min().item())
-                        block_q.append(evaluate_block(blk, p, b)["quality"])
+                        eb = evaluate_block(blk, p, b)
+                        block_q.append(eb["quality"])
+                        block_a.append(eb["adherence"])
         for m, r in rows.items():
             res[split][m] = {k: round(float(np.mean([x[k] for x in r])), 4) for k in r[0]}
         run.log("card", split=split, target=res[split]["target"]["quality"], draft=res[split]["draft"]["quality"])
     res["critic_spearman_block"] = round(spearman(crit_scores, block_q), 3)
+    res["critic_spearman_block_adherence"] = round(spearman(crit_scores, block_a), 3)
+    res["critic_blocks"] = len(block_q)
     qs = np.quantile(crit_scores, [0.1, 0.3, 0.5, 0.7, 0.9])
     taus = [round(float(q), 3) for q in qs]
     res["default_taus"], res["default_tau"] = taus, taus[2]
@@ -484,9 +544,12 @@ def stage_card(run: Run) -> None:
     info = {"seed": run.seed, "budget": asdict(run.budget), "default_taus": taus, "default_tau": taus[2],
             "metrics": res}
     (run.out / "world.json").write_text(json.dumps(info, indent=2) + "\n")
-    from sdvg.world.card import write_card
+    from sdvg.world import WEIGHTS_DIR
+    from sdvg.world.card import CARD, write_card
 
-    write_card(run.out, info)
+    shipped = run.out.resolve() == WEIGHTS_DIR.resolve()
+    card = write_card(run.out, info, CARD if shipped else run.out / "MODEL_CARD.md")
+    run.log("card", written=str(card))
 
 
 STAGES = {"vae": stage_vae, "latents": stage_latents, "target": stage_target, "drafter": stage_drafter,
