@@ -159,7 +159,8 @@ def run_study(models, prompts: list[str], out: Path, *, runs: list[Run], samples
             row = dict(key=key, run=r.key, run_order=order, label=r.label, mode=r.mode, tau=r.tau, router=r.router,
                        stitch_steps=r.stitch_steps, prompt_index=i, sample=s, prompt=prompt, seed=vseed,
                        routed_accept_rate=acc if r.label == "random" else None,
-                       wall_s=tr.wall_s, drafter_forwards=tr.drafter_forwards, target_forwards=tr.target_forwards,
+                       wall_s=tr.wall_s, stage_s=stage_seconds(tr), drafter_forwards=tr.drafter_forwards,
+                       target_forwards=tr.target_forwards,
                        accept_rate=tr.accept_rate, accepted=[b.accepted for b in tr.blocks],
                        block_scores=[b.score for b in tr.blocks], quality=q.get("quality"), quality_detail=q,
                        peak_mem_mb=tr.peak_mem_mb, rank=rank, world=world)
@@ -171,6 +172,16 @@ def run_study(models, prompts: list[str], out: Path, *, runs: list[Run], samples
             written += 1
             log(f"[rank {rank}] prompt {i} sample {s} {r.key:>14}: {tr.summary()}  quality {row['quality']}")
     return written
+
+
+def stage_seconds(trace) -> dict[str, float]:
+    """Seconds per stage summed over blocks; `dit` = draft + target + commit (the part SDVG speeds up)."""
+    out: dict[str, float] = {}
+    for b in trace.blocks:
+        for k, v in b.ms.items():
+            out[k] = out.get(k, 0.0) + v / 1000
+    out["dit"] = sum(out.get(k, 0.0) for k in ("draft", "target", "commit"))
+    return out
 
 
 def _mean(xs):
@@ -186,9 +197,11 @@ def summarise(rows: list[dict]) -> list[dict]:
     ref = by.get("target", [])
     ref_t, ref_q = _mean([r["wall_s"] for r in ref]), _mean([r["quality"] for r in ref])
     ref_f = _mean([r["target_forwards"] for r in ref])
+    ref_d = _mean([r["stage_s"]["dit"] for r in ref])
     out = []
     for key, rs in sorted(by.items(), key=lambda kv: kv[1][0]["run_order"]):
         t, q = _mean([r["wall_s"] for r in rs]), _mean([r["quality"] for r in rs])
+        dit = _mean([r["stage_s"]["dit"] for r in rs])
         width = max(len(r["accepted"]) for r in rs)
         pos = [_mean([float(r["accepted"][b]) for r in rs if b < len(r["accepted"]) and r["accepted"][b] is not None])
                for b in range(width)]
@@ -196,6 +209,7 @@ def summarise(rows: list[dict]) -> list[dict]:
             run=key, label=rs[0]["label"], tau=rs[0]["tau"], videos=len(rs), quality=q,
             retention_pct=100 * q / ref_q if q is not None and ref_q else None,
             time_s=t, speedup=ref_t / t if ref_t and t else None,
+            dit_s=dit, dit_speedup=ref_d / dit if ref_d and dit else None,
             accept_rate=_mean([r["accept_rate"] for r in rs]),
             drafter_forwards=_mean([r["drafter_forwards"] for r in rs]),
             target_forwards=_mean([r["target_forwards"] for r in rs]),
@@ -211,8 +225,8 @@ def _fmt(v, spec=".3f"):
 
 def write_summary(out: Path, rows: list[dict]) -> list[dict]:
     summary = summarise(rows)
-    cols = ["run", "videos", "quality", "retention_pct", "time_s", "speedup", "accept_rate", "drafter_forwards",
-            "target_forwards", "target_forward_ratio"]
+    cols = ["run", "videos", "quality", "retention_pct", "time_s", "speedup", "dit_s", "dit_speedup", "accept_rate",
+            "drafter_forwards", "target_forwards", "target_forward_ratio"]
     with atomic_path(out / "summary.csv") as tmp:
         import csv
         with open(tmp, "w", newline="") as f:
@@ -220,13 +234,16 @@ def write_summary(out: Path, rows: list[dict]) -> list[dict]:
             w.writerow(cols + ["accept_by_position"])
             for s in summary:
                 w.writerow([s[c] for c in cols] + [" ".join(_fmt(p, ".2f") for p in s["accept_by_position"])])
-    md = ["| run | videos | quality | retention % | time (s) | speedup | accept rate | drafter fwd | target fwd |"
-          " accept by block position |", "|" + "---|" * 10]
+    md = ["| run | videos | quality | retention % | time (s) | speedup | DiT time (s) | DiT speedup | accept rate "
+          "| drafter fwd | target fwd | accept by block position |", "|" + "---|" * 12]
     for s in summary:
         md.append(f"| {s['run']} | {s['videos']} | {_fmt(s['quality'], '.4f')} | {_fmt(s['retention_pct'], '.1f')} "
-                  f"| {_fmt(s['time_s'], '.2f')} | {_fmt(s['speedup'], '.2f')}× | {_fmt(s['accept_rate'], '.2f')} "
+                  f"| {_fmt(s['time_s'], '.2f')} | {_fmt(s['speedup'], '.2f')}× | {_fmt(s['dit_s'], '.2f')} "
+                  f"| {_fmt(s['dit_speedup'], '.2f')}× | {_fmt(s['accept_rate'], '.2f')} "
                   f"| {_fmt(s['drafter_forwards'], '.1f')} | {_fmt(s['target_forwards'], '.1f')} "
                   f"| {' '.join(_fmt(p, '.2f') for p in s['accept_by_position'])} |")
+    md += ["", "time: wall seconds per video (model load and warm-up excluded), decode and scoring included; "
+           "DiT time: drafter + target + commit stages only. speedup and retention are against target only."]
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
     plot_pareto(out / "pareto.png", summary)
@@ -287,19 +304,18 @@ def bench_main(argv: list[str]) -> int:
 
     rank, world = _dist()
     models = load_models(args)
-    prompts = read_prompts(args.prompts) if args.prompts else list(models.prompts)
+    prompts = read_prompts(args.prompts) if args.prompts else list(models.prompts)[: models.bench_prompts]
     if not prompts:
         raise ValueError("no prompts: pass --prompts FILE")
-    if args.limit is not None:
-        prompts = prompts[: args.limit]
     taus = [_tau(t) for t in args.taus.split(",")] if args.taus else list(models.default_taus)
     runs = plan_runs([m.strip() for m in args.modes.split(",") if m.strip()], taus, args.stitch_steps)
     out = Path(args.out)
     config = dict(models=models.name, checkpoints=[args.drafter, args.target, args.vae, args.scorer_path],
                   cache_policy=args.cache_policy, runs=[asdict(r) for r in runs], samples=args.samples,
                   seed=args.seed, num_blocks=models.video.num_blocks,
-                  prompts_sha=hashlib.sha256("\n".join(read_prompts(args.prompts) if args.prompts
-                                                       else models.prompts).encode()).hexdigest()[:16])
+                  prompts_sha=hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16])
+    if args.limit is not None:  # after the config hash: `--limit N` and a full run can share one --out
+        prompts = prompts[: args.limit]
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         check_config(out, config, args.force)

@@ -48,6 +48,7 @@ class ModelSet:
     aux_device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     prompts: tuple[str, ...] = ()  # a default prompt set (the embedded world ships one)
+    bench_prompts: int | None = None  # how many of them `sdvg bench` takes by default
 
     def pipeline(self, *, router: str = "threshold", tau: float | None = None, accept_rate: float = 0.5,
                  q: float = 0.1, seed: int = 0, lazy_commit: bool = True,
@@ -80,7 +81,8 @@ def load_world_models(device: str = "cpu", dtype: str | torch.dtype = "float32",
     return ModelSet(drafter=w.drafter, target=w.target, decoder=w.decoder, text_encoder=w.text_encoder,
                     scorer=w.critic, evaluator=w.evaluator, video=video, default_taus=tuple(w.default_taus),
                     default_tau=w.default_tau, name="world", device=torch.device(device),
-                    aux_device=torch.device(device), dtype=parse_dtype(dtype), prompts=tuple(w.prompts))
+                    aux_device=torch.device(device), dtype=parse_dtype(dtype), prompts=tuple(w.prompts),
+                    bench_prompts=8)
 
 
 def load_checkpoint_models(*, drafter: str | None, target: str | None, vae: str, text_encoder: str,

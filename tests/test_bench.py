@@ -58,12 +58,13 @@ def test_bench_rows_summary_resume_and_refusal(tmp_path):
 
 def test_summary_numbers_come_from_rows():
     def row(run, label, order, t, q, acc=None):
-        return dict(run=run, label=label, tau=None, run_order=order, wall_s=t, quality=q, accept_rate=acc,
+        return dict(run=run, label=label, tau=None, run_order=order, wall_s=t, stage_s={"dit": t / 2}, quality=q,
+                    accept_rate=acc,
                     accepted=[None, acc is not None and acc > 0.5], drafter_forwards=0, target_forwards=10)
     rows = [row("target", "target", 0, 4.0, 1.0), row("target", "target", 0, 6.0, 0.8),
             row("sdvg@1", "sdvg", 1, 2.0, 0.9, 1.0), row("sdvg@1", "sdvg", 1, 3.0, 0.9, 0.0)]
     s = {x["run"]: x for x in summarise(rows)}
-    assert s["sdvg@1"]["speedup"] == pytest.approx(5.0 / 2.5)
+    assert s["sdvg@1"]["speedup"] == pytest.approx(5.0 / 2.5) and s["sdvg@1"]["dit_speedup"] == pytest.approx(2.0)
     assert s["sdvg@1"]["retention_pct"] == pytest.approx(100 * 0.9 / 0.9)
     assert s["sdvg@1"]["accept_rate"] == 0.5 and s["sdvg@1"]["accept_by_position"] == [None, 0.5]
 
