@@ -69,9 +69,10 @@ def test_summary_numbers_come_from_rows():
     assert s["sdvg@1"]["accept_rate"] == 0.5 and s["sdvg@1"]["accept_by_position"] == [None, 0.5]
 
 
-def test_torchrun_two_ranks_equal_one_rank(tmp_path):
-    p = _prompts(tmp_path, 3)
-    args = ["--models", "tiny", "--modes", "target,draft,sdvg", "--taus", "0.01", "--no-warmup", "--prompts", p]
+def test_torchrun_two_ranks_equal_one_rank_on_the_world(tmp_path):
+    """The built-in world, shortened to 2 blocks: 2 gloo ranks give the same rows as 1 process."""
+    args = ["--models", "world", "--num-blocks", "2", "--limit", "3", "--modes", "target,draft,sdvg", "--taus",
+            "-1.9", "--no-warmup"]
     assert bench_main(args + ["--out", str(tmp_path / "one")]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
