@@ -95,6 +95,7 @@ def load_checkpoint_models(*, drafter: str | None, target: str | None, vae: str,
                            ema: bool = True) -> ModelSet:
     """Real checkpoints from local paths (see README, "Checkpoints")."""
     from sdvg.checkpoints import load_dit
+    from sdvg.evaluators import ScorerEvaluator
     from sdvg.scorers import build_scorer
     from sdvg.text import PrecomputedTextEncoder, UMT5TextEncoder
     from sdvg.vae import load_wan_vae
@@ -117,7 +118,10 @@ def load_checkpoint_models(*, drafter: str | None, target: str | None, vae: str,
     if scorer and scorer != "none":
         sc = build_scorer(scorer, path=scorer_path, med_config=med_config, tokenizer_dir=tokenizer_dir,
                           device=aux, dtype=dt)
-    return ModelSet(drafter=d, target=t, decoder=dec, text_encoder=te, scorer=sc, evaluator=None, video=video,
+    # Quality for the benchmark: the mean scorer (ImageReward) over every 4th frame; for the paper's VisionReward,
+    # set `models.evaluator = VisionRewardEvaluator.from_files(...)` in Python.
+    ev = ScorerEvaluator(sc, how="mean", stride=4) if sc is not None else None
+    return ModelSet(drafter=d, target=t, decoder=dec, text_encoder=te, scorer=sc, evaluator=ev, video=video,
                     cache=CacheConfig(policy=cache_policy, window_frames=window_frames, sink_frames=sink_frames),
                     name="checkpoints", device=torch.device(device), aux_device=torch.device(aux), dtype=dt)
 
