@@ -5,7 +5,7 @@ is one line. Names follow the Wan2.1 reference so a config reads like the checkp
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 

@@ -7,7 +7,6 @@ is that loop; `__call__` collects it into an `SDVGOutput`.
 """
 from __future__ import annotations
 
-import math
 import resource
 import sys
 import time
@@ -294,6 +293,3 @@ def _timed(ms: dict[str, float], key: str, device: torch.device):
         _sync(device)
         ms[key] = ms.get(key, 0.0) + 1000 * (time.perf_counter() - t0)
 
-
-def speedup(reference_s: float, s: float) -> float:
-    return reference_s / s if s > 0 else math.inf

@@ -400,7 +400,7 @@ def stage_critic(run: Run) -> None:
     prng = random.Random(derive_seed("critic-prompts", run.seed))
     world = load_world(weights=run.out, critic=False)
     stream = scene_stream(derive_seed("critic-data", run.seed), p_two=0.25, p_turn=0.25)
-    frames_l, scenes_l, starts_l, t0 = [], [], [], time.time()
+    frames_l, scenes_l, t0 = [], [], time.time()
     mean, std = (v.view(1, -1, 1, 1, 1) for v in latent_stats(run))
     for i in range(run.budget.critic_rollouts):
         scene, s = next(stream)
