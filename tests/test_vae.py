@@ -11,12 +11,17 @@ from sdvg.vae import (WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, StreamingDecoder, d
 Z = 4
 
 
-@pytest.fixture(scope="module")
-def vae():
-    torch.manual_seed(0)
+def make_vae(seed: int = 0) -> AutoencoderKLWan:
+    """Plain diffusers modules (a StreamingDecoder swaps its decoder's modules for the fast ones in place)."""
+    torch.manual_seed(seed)
     v = AutoencoderKLWan(base_dim=8, z_dim=Z, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
                          temperal_downsample=[False, True, True])
     return v.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return make_vae()
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +42,42 @@ def test_blocks_equal_whole_video_decode(vae, stats):
     assert [p.shape[0] for p in parts] == [9, 12] == [decoded_frames(3, i == 0) for i in range(2)]
     ours = torch.cat(parts)
     raw = z * torch.tensor(std).view(1, -1, 1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1, 1)
-    ref = vae.decode(raw).sample[0].permute(1, 0, 2, 3)  # diffusers: [-1, 1], all frames at once
+    ref = make_vae().decode(raw).sample[0].permute(1, 0, 2, 3)  # diffusers as is: [-1, 1], frame by frame
     assert ours.shape == (21, 3, 32, 32) and ours.dtype == torch.float32
     assert 0.0 <= ours.min() and ours.max() <= 1.0
     torch.testing.assert_close(ours, (ref + 1) / 2, atol=1e-6, rtol=0)
     dec.reset()
     torch.testing.assert_close(dec.decode(z[:, :, :3]), parts[0], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("zero_past_taps", [False, True])
+def test_fast_modules_and_chunks_are_exact(stats, zero_past_taps):
+    """Any split of the latents into blocks, with the fast modules, equals diffusers' own decode; convs whose past
+    taps are zero (the embedded world's decoder) run per frame."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    from sdvg.vae import fast_modules
+
+    ref_vae = make_vae(5)
+    if zero_past_taps:
+        for m in ref_vae.decoder.modules():
+            if isinstance(m, WanCausalConv3d):
+                m.weight[:, :, :-1] = 0
+    mean, std = stats
+    z = latents(7, seed=9)
+    raw = z * torch.tensor(std).view(1, -1, 1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1, 1)
+    ref = (ref_vae.decode(raw).sample[0].permute(1, 0, 2, 3) + 1) / 2
+    assert fast_modules(ref_vae.decoder) > 0
+    per_frame = [type(m).__name__ == "FrameConv" for m in ref_vae.decoder.modules() if isinstance(m, WanCausalConv3d)]
+    assert all(per_frame) if zero_past_taps else 0 < sum(per_frame) < len(per_frame)  # else only the 1x1x1 ones
+    dec = StreamingDecoder(ref_vae, mean, std)
+    for split in ([7], [1, 6], [3, 3, 1], [2, 1, 4]):  # the first latent frame always decodes alone
+        dec.reset()
+        parts, i = [], 0
+        for n in split:
+            parts.append(dec.decode(z[:, :, i:i + n]))
+            i += n
+        torch.testing.assert_close(torch.cat(parts), ref, atol=2e-6, rtol=0)
 
 
 def test_snapshot_restore_is_shallow_and_exact(vae, stats):

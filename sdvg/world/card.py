@@ -33,9 +33,9 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "",
         "A toy text-to-video world shipped with sdvg so that `sdvg generate \"PROMPT\"` runs the whole speculative",
         "method for real on a CPU, with no download. Every weight below is reproduced from one seed by",
-        f"`python -m sdvg.world.train --out sdvg/world/weights --seed {info['seed']} --threads 1` (the shipped weights",
-        "were trained with one thread; other thread counts run the same recipe but round differently, so their weights",
-        "are not bit-identical). The stages and their step counts are in the script and in `weights/world.json`;",
+        f"`python -m sdvg.world.train --out sdvg/world/weights --seed {info['seed']} --threads {info.get('threads', 2)}`"
+        " (other thread counts run the same recipe but round differently, so their weights are not bit-identical).",
+        "The stages and their step counts are in the script and in `weights/world.json`;",
         "per-stage metrics are in `weights/train_log.jsonl`.",
         "",
         "## The world",
@@ -50,7 +50,8 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         f"- VAE: diffusers `AutoencoderKLWan`, {spec.VAE_KWARGS}. Latents are analytic 8-channel block features",
         "  (see Limits), normalised by measured per-channel mean/scale stored as `latents_mean`/`latents_std` in its",
         "  config (the Wan convention). The decoder is trained on them (L1+MSE, object pixels weighted 10x, latents",
-        "  jittered by 0.1 std), then the encoder regresses them. Decoded block by block by `sdvg.vae.StreamingDecoder`.",
+        "  jittered by 0.1 std), then the encoder regresses them. Decoded block by block by `sdvg.vae.StreamingDecoder`",
+        "  (its past-frame temporal taps are zero, so `sdvg.vae.fast_modules` runs its convs per frame, exactly).",
         f"- Text encoder: transformers `UMT5EncoderModel` (d_model {spec.TEXT_DIM}, 2 layers) with a word-level",
         f"  tokenizer of the grammar, {spec.TEXT_LEN} tokens, padding zeroed; trained jointly with the target, frozen after.",
         f"- Target: `WanDiT` {spec.TARGET.dim} wide, {spec.TARGET.num_layers} layers, {spec.TARGET.num_heads} heads "
@@ -65,8 +66,10 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  Both sample with sdvg's 4-step sampler",
         "  and block-causal KV cache. Weights: plain safetensors in the original Wan2.1 key naming.",
         "- Critic (router scorer, `sdvg/world/critic.py`): a FiLM CNN over one frame and the parsed prompt, trained to",
-        "  regress the evaluator's per-frame adherence on decoded rollouts of both models, near-miss prompts and",
-        "  pixel corruptions. Its score is the predicted log-adherence: unbounded like ImageReward's, higher is better.",
+        "  regress the evaluator's quality of the block the frame belongs to, on decoded rollouts of both models and",
+        "  real videos, near-miss prompts and pixel corruptions (blur, noise, colour shift, smear, objects fading out).",
+        "  Its score is that one-frame estimate of block quality (unbounded like ImageReward's; higher is better); the",
+        "  router takes the block's minimum over frames.",
         "- Evaluator (`sdvg/world/evaluator.py`): ground truth from pixels and the prompt (background, object colour and",
         "  area, shape, sharpness, stray pixels, motion from the centroid track, temporal consistency); independent of",
         "  the critic. quality = 0.5 adherence + 0.3 motion + 0.2 consistency, mean over blocks.",
@@ -75,6 +78,9 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         f"- Forward cost ratio target/drafter: {c['flop_ratio']}x in multiply-adds per token "
         f"(Wan 14B : 1.3B is about 11x); measured wall time of one cached block forward on this CPU: "
         f"{c['ms_target']} ms vs {c['ms_drafter']} ms ({c['time_ratio']}x; tiny models are overhead-bound).",
+        *([f"- Wall time per 9-block video on held-out prompts (median, {info.get('threads', 2)} threads, decode and"
+           f" scoring included): target-only {m['wall_s']['target']} s, draft-only {m['wall_s']['draft']} s, SDVG at"
+           f" the middle tau {m['wall_s']['sdvg']} s."] if "wall_s" in m else []),
         "",
         f"## Results (evaluator quality, {len(ho) and info['budget']['eval_prompts']} prompts per split, one seed each)",
         "",
@@ -107,7 +113,10 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "- The VAE's latents are analytic (per 8x8 block and 4-frame window: mean RGB, luminance contrasts and their",
         "  change; `sdvg/world/data.py`); only its decoder is learned (with the temporal taps on past frames held at",
         "  zero), and its encoder is fitted to those latents afterwards. A Wan VAE trained end to end from scratch",
-        "  did not learn within a CPU budget.",
+        "  did not learn within a CPU budget. The latents are coarse, so even a perfect latent decodes to blurred",
+        "  shapes (the `vae` line of train_log.jsonl: evaluator quality of real videos through the VAE).",
+        "- The critic sees one frame at a time (as ImageReward does), so it can only guess a block's motion and",
+        "  consistency from how its frames look.",
         "- Absolute quality is modest (blurry, objects sometimes misplaced); the target/drafter gap is what matters.",
     ]
     path.write_text("\n".join(lines) + "\n")
