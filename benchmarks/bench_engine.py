@@ -2,7 +2,8 @@
 
 1. lazy vs eager target commits: SDVG videos with identical routing, target forwards and wall time;
 2. the VAE decode-cache snapshot: bytes a snapshot holds new (O(1)) vs a deep copy of the cache;
-3. cascade vs full min-threshold routing: frames scored and decisions.
+3. streaming decode (a block per call, sdvg.vae.fast_modules) vs diffusers' own frame-by-frame decode;
+4. cascade vs full min-threshold routing: frames scored and decisions.
 
     python benchmarks/bench_engine.py            # the built-in world
     python benchmarks/bench_engine.py --models tiny
@@ -68,7 +69,27 @@ def main() -> None:
     print(f"cache tensors {_bytes(snap.cache) / 2**20:.2f} MiB; snapshot copies 0 B in {t_snap * 1e6:.1f} us, "
           f"deep copy {_bytes(deep) / 2**20:.2f} MiB in {t_deep * 1e3:.2f} ms ({t_deep / t_snap:.0f}x slower)")
 
-    print("== 3. cascade vs full min-threshold routing")
+    print("== 3. streaming decode vs diffusers' AutoencoderKLWan.decode (same latents, same weights)")
+    plain = copy.deepcopy(dec.vae)
+    for mod in plain.modules():  # undo fast_modules: back to diffusers' own classes
+        if type(mod).__module__ == "sdvg.vae":
+            mod.__class__ = type(mod).__mro__[1]
+    z = out.latents.float() * dec._std + dec._mean
+    best = {"sdvg": float("inf"), "diffusers": float("inf")}
+    for _ in range(3):  # interleaved, best of 3
+        t0 = time.perf_counter()
+        dec.reset()
+        ours = torch.cat([dec.decode(out.latents[:, :, 3 * b:3 * b + 3]) for b in range(m.video.num_blocks)])
+        best["sdvg"] = min(best["sdvg"], time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ref = plain.decode(z).sample
+        best["diffusers"] = min(best["diffusers"], time.perf_counter() - t0)
+    ref = (ref.clamp(-1, 1)[0].permute(1, 0, 2, 3) + 1) / 2
+    print(f"sdvg {best['sdvg'] * 1e3:.0f} ms, diffusers {best['diffusers'] * 1e3:.0f} ms per video "
+          f"({best['diffusers'] / best['sdvg']:.1f}x); max difference {(ours - ref).abs().max().item():.1e}")
+
+    print("== 4. cascade vs full min-threshold routing")
     if m.scorer is None:
         print("no scorer in this model set")
         return

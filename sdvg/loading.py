@@ -82,7 +82,7 @@ def load_world_models(device: str = "cpu", dtype: str | torch.dtype = "float32",
                     scorer=w.critic, evaluator=w.evaluator, video=video, default_taus=tuple(w.default_taus),
                     default_tau=w.default_tau, name="world", device=torch.device(device),
                     aux_device=torch.device(device), dtype=parse_dtype(dtype), prompts=tuple(w.prompts),
-                    bench_prompts=8)
+                    bench_prompts=None)
 
 
 def load_checkpoint_models(*, drafter: str | None, target: str | None, vae: str, text_encoder: str,

@@ -2,7 +2,7 @@
 
 The Wan VAE decoder is causal in time: diffusers' `AutoencoderKLWan._decode` runs its decoder one latent frame at a
 time, carrying a list of cached activations (the last two frames seen by every causal conv). We drive that same
-decoder frame by frame with our own cache, so block b can be decoded as soon as it is denoised: the first latent frame
+decoder block by block with our own cache, so block b can be decoded as soon as it is denoised: the first latent frame
 gives 1 frame and every later one 4 (block 0 of 3 latent frames -> 9 frames, later blocks -> 12), identical to
 decoding the whole video at once.
 
