@@ -116,7 +116,10 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  did not learn within a CPU budget. The latents are coarse, so even a perfect latent decodes to blurred",
         "  shapes (the `vae` line of train_log.jsonl: evaluator quality of real videos through the VAE).",
         "- The critic sees one frame at a time (as ImageReward does), so it can only guess a block's motion and",
-        "  consistency from how its frames look.",
+        "  consistency from how its frames look. In this world routing by any scorer gains little over random",
+        "  routing at the same accept rate (even an oracle reading the evaluator's block quality gains ~5%): the",
+        "  drafter's errors are mostly motion and drift, which the target repairs about equally wherever it",
+        "  regenerates a block (README, benchmark section).",
         "- Absolute quality is modest (blurry, objects sometimes misplaced); the target/drafter gap is what matters.",
     ]
     path.write_text("\n".join(lines) + "\n")

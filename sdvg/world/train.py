@@ -437,9 +437,9 @@ def stage_critic(run: Run) -> None:
                 pals.append(pal)
                 fidx.append(torch.arange(n_frames, n_frames + len(x)))
                 pidx.append(torch.full((len(x),), len(conds) - 1))
-                labels.append(torch.cat([torch.full((e - s,), q["quality"]) for b, q in
-                                         enumerate(evaluate_blocks(x, sc))
-                                         for s, e in [block_frame_range(b)]]))
+                q = torch.tensor([r["quality"] for r in evaluate_blocks(x, sc)])
+                frames_per = torch.tensor([e - s for s, e in map(block_frame_range, range(len(q)))])
+                labels.append(q.repeat_interleave(frames_per))  # each frame: its block's quality
             n_frames += len(x)
     X, C, P = torch.cat(frames), torch.stack(conds), torch.stack(pals)
     FI, PI, Y = torch.cat(fidx), torch.cat(pidx), torch.cat(labels)
