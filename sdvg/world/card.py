@@ -1,6 +1,7 @@
 """Writes sdvg/world/MODEL_CARD.md from the metrics the training run measured (world.json)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sdvg.world import spec
@@ -21,6 +22,17 @@ def _row(name: str, r: dict) -> str:
     return f"| {name} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in keys) + " |"
 
 
+def _stage_seconds(weights: Path) -> dict[str, float]:
+    """Wall seconds per finished stage, from the run's train_log.jsonl (last run of each stage wins)."""
+    log = weights / "train_log.jsonl"
+    out: dict[str, float] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        row = json.loads(line)
+        if "done_s" in row:
+            out[row["stage"]] = row["done_s"]
+    return out
+
+
 def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
     m = info["metrics"]
     c = m["cost"]
@@ -28,13 +40,19 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
     total = sum(v for k, v in sizes.items() if k.endswith(".safetensors"))
     ho, tr = m["heldout"], m["train"]
     sd = ho.get("sdvg", {})
+    threads = info.get("threads", 2)
+    thread_s = f"{threads} thread" + ("s" if threads != 1 else "")
+    stages = _stage_seconds(weights)
     lines = [
         "# The embedded world: model card",
         "",
         "A toy text-to-video world shipped with sdvg so that `sdvg generate \"PROMPT\"` runs the whole speculative",
         "method for real on a CPU, with no download. Every weight below is trained from one seed by",
-        f"`python -m sdvg.world.train --out sdvg/world/weights --seed {info['seed']} --threads {info.get('threads', 2)}`"
-        " (bit-identical on the same torch version; see Limits).",
+        f"`python -m sdvg.world.train --out sdvg/world/weights --seed {info['seed']} --threads {threads}`"
+        + (" (bit-identical on the same torch version; see Limits)." if threads == 1 else " (see Limits on reruns)."),
+        *([f"It took {sum(stages.values()) / 60:.0f} min on {thread_s} of a shared 2-core CPU"
+           + ("" if "card" in stages else ", plus this card's evaluation") + " (seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()) + ")."]
+          if stages else []),
         "The stages and their step counts are in the script and in `weights/world.json`;",
         "per-stage metrics are in `weights/train_log.jsonl`.",
         "",
@@ -78,7 +96,7 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         f"- Forward cost ratio target/drafter: {c['flop_ratio']}x in multiply-adds per token "
         f"(Wan 14B : 1.3B is about 11x); measured wall time of one cached block forward on this CPU: "
         f"{c['ms_target']} ms vs {c['ms_drafter']} ms ({c['time_ratio']}x; tiny models are overhead-bound).",
-        *([f"- Wall time per 9-block video on held-out prompts (median, {info.get('threads', 2)} threads, decode and"
+        *([f"- Wall time per 9-block video on held-out prompts (median, {thread_s}, decode and"
            f" scoring included): target-only {m['wall_s']['target']} s, draft-only {m['wall_s']['draft']} s, SDVG at"
            f" the middle tau {m['wall_s']['sdvg']} s."] if "wall_s" in m else []),
         "",
@@ -120,7 +138,7 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  shapes (the `vae` line of train_log.jsonl: evaluator quality of real videos through the VAE).",
         "- The critic sees one frame at a time (as ImageReward does), so it can only guess a block's motion and",
         "  consistency from how its frames look. In this world routing by any scorer gains little over random",
-        "  routing at the same accept rate (even an oracle reading the evaluator's block quality gains ~5%): the",
+        "  routing at the same accept rate (even an oracle reading the evaluator's block quality gains 4-10%): the",
         "  drafter's errors are mostly motion and drift, which the target repairs about equally wherever it",
         "  regenerates a block (README, benchmark section).",
         "- Absolute quality is modest (blurry, objects sometimes misplaced); the target/drafter gap is what matters.",
