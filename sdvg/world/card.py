@@ -1,9 +1,9 @@
 """Writes sdvg/world/MODEL_CARD.md from the metrics the training run measured (world.json)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from sdvg.io import read_jsonl
 from sdvg.world import spec
 
 CARD = Path(__file__).parent / "MODEL_CARD.md"
@@ -24,13 +24,7 @@ def _row(name: str, r: dict) -> str:
 
 def _stage_seconds(weights: Path) -> dict[str, float]:
     """Wall seconds per finished stage, from the run's train_log.jsonl (last run of each stage wins)."""
-    log = weights / "train_log.jsonl"
-    out: dict[str, float] = {}
-    for line in log.read_text().splitlines() if log.exists() else []:
-        row = json.loads(line)
-        if "done_s" in row:
-            out[row["stage"]] = row["done_s"]
-    return out
+    return {r["stage"]: r["done_s"] for r in read_jsonl(weights / "train_log.jsonl") if "done_s" in r}
 
 
 def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
@@ -43,6 +37,9 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
     threads = info.get("threads", 2)
     thread_s = f"{threads} thread" + ("s" if threads != 1 else "")
     stages = _stage_seconds(weights)
+    took = (f"It took {sum(stages.values()) / 60:.0f} min on {thread_s} of a shared 2-core CPU"
+            + ("" if "card" in stages else ", plus this card's evaluation")
+            + " (seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()) + ").")
     lines = [
         "# The embedded world: model card",
         "",
@@ -50,9 +47,7 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "method for real on a CPU, with no download. Every weight below is trained from one seed by",
         f"`python -m sdvg.world.train --out sdvg/world/weights --seed {info['seed']} --threads {threads}`"
         + (" (bit-identical on the same torch version; see Limits)." if threads == 1 else " (see Limits on reruns)."),
-        *([f"It took {sum(stages.values()) / 60:.0f} min on {thread_s} of a shared 2-core CPU"
-           + ("" if "card" in stages else ", plus this card's evaluation") + " (seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()) + ")."]
-          if stages else []),
+        *([took] if stages else []),
         "The stages and their step counts are in the script and in `weights/world.json`;",
         "per-stage metrics are in `weights/train_log.jsonl`.",
         "",
@@ -127,10 +122,11 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "## Limits",
         "- A toy: flat colours, three shapes, fixed motions. It exercises the method (drafter/target gap, a learned",
         "  scorer, rejection and regeneration) but says nothing about real video quality.",
-        "- Reruns: data, noise and step counts are fixed by the seed. With one thread (as shipped) a rerun on the",
-        "  same torch version gives the same weights bit for bit. With more threads the DiT stages' CPU kernels",
-        "  round differently from run to run and that compounds over training: the weights differ and the metrics",
-        "  move, the critic's block Spearman most (a 2-thread run of this recipe measured 0.28 and another 0.46).",
+        f"- Reruns (these weights: {thread_s}): data, noise and step counts are fixed by the seed. With one thread a",
+        "  rerun on the same torch version gives the same weights bit for bit. With more threads the DiT stages'",
+        "  CPU kernels round differently from run to run and that compounds over training: the weights differ and",
+        "  the metrics move, the critic's block Spearman most (a 2-thread run of this recipe measured 0.28 and",
+        "  another 0.46).",
         "- The VAE's latents are analytic (per 8x8 block and 4-frame window: mean RGB, luminance contrasts and their",
         "  change; `sdvg/world/data.py`); only its decoder is learned (with the temporal taps on past frames held at",
         "  zero), and its encoder is fitted to those latents afterwards. A Wan VAE trained end to end from scratch",

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdvg.io import append_jsonl
 from sdvg.seeding import derive_seed
 from sdvg.vae import fast_modules
 from sdvg.world import spec
@@ -68,8 +69,7 @@ class Run:
     def log(self, stage: str, **metrics) -> None:
         row = {"stage": stage, "t": round(time.time() - self.t0, 1), **metrics}
         print(json.dumps(row), flush=True)
-        with open(self.log_path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_jsonl(self.log_path, row)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int = 20) -> float:
