@@ -77,13 +77,29 @@ class CacheConfig:
     append: Self-Forcing; a finished block is committed by one forward at t=context_noise on its clean latents.
     recompute: Krea Realtime; before each block the cache is rebuilt from the last `recompute_frames` clean latent
     frames, with RoPE positions relative to that window.
-    `window_frames` (-1 = all) and `sink_frames` bound attention for videos longer than the training length.
+    `window_frames` (-1 = all held frames) and `sink_frames` bound attention for videos longer than the training
+    length. `max_frames`: the most frames the append cache holds when `window_frames` is -1 (the trained length, 9
+    blocks of 3 latent frames): a longer video rolls (sinks kept, oldest frames evicted), so its memory is that of
+    a 9-block video whatever the length; videos of up to 9 blocks attend to every earlier frame, as before.
     """
 
     policy: Literal["append", "recompute"] = "append"
     window_frames: int = -1
     sink_frames: int = 0
     recompute_frames: int = 9
+    max_frames: int = 27
+
+    def __post_init__(self) -> None:
+        from sdvg.settings import check_cache, check_int
+
+        check_cache(self.window_frames, self.sink_frames)
+        check_int(self.max_frames, "max_frames", 1)
+
+    def capacity(self, latent_frames: int, frames_per_block: int) -> int:
+        """Frames the KV cache holds for a video of `latent_frames` (bounded, whatever the video's length)."""
+        if self.policy == "recompute":
+            return self.recompute_frames + frames_per_block
+        return min(latent_frames, self.window_frames if self.window_frames > 0 else self.max_frames)
 
 
 @dataclass(frozen=True)

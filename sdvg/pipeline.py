@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -16,12 +17,16 @@ from typing import Callable, Iterator, Literal
 
 import torch
 
-from sdvg.config import VideoConfig
+from sdvg.config import CacheConfig, DiTConfig, VideoConfig
 from sdvg.routers import Decision, Router
 from sdvg.sampler import BlockModel, block_noise
+from sdvg.settings import MODES, check_prompt, check_run, check_seed
 
 Mode = Literal["sdvg", "target", "draft", "stitch"]
-MODES: tuple[str, ...] = ("sdvg", "target", "draft", "stitch")
+
+
+class PipelineBusyError(RuntimeError):
+    """A second stream on a pipeline that is still generating another video (they would share its caches)."""
 
 
 class NonFiniteError(FloatingPointError):
@@ -116,6 +121,59 @@ def _peak_mem_mb(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+class TooLargeError(ValueError):
+    """A video that cannot fit in memory, refused before any work (the message states the memory it needs)."""
+
+
+def memory_needed(dits: list[DiTConfig | None], video: VideoConfig, cache: CacheConfig, dtype: torch.dtype,
+                  keep_frames: bool = True) -> tuple[int, int]:
+    """(DiT-device bytes, host bytes) a video needs beyond the weights: the KV caches, bounded by the cache's
+    capacity whatever the length, and, when the whole video is returned (`__call__`, not `stream`), its float32
+    frames and latents on the host, which grow with the length."""
+    elt = torch.empty((), dtype=dtype).element_size()
+    cap = cache.capacity(video.latent_frames, video.frames_per_block)
+    kv = sum(2 * c.num_layers * (cap * video.tokens_per_frame + c.text_len) * c.dim * elt for c in dits if c)
+    host = 0
+    if keep_frames:
+        h, w = video.latent_hw
+        c_in = next(c.in_dim for c in dits if c)
+        host = 4 * (video.num_frames * 3 * video.height * video.width + video.latent_frames * c_in * h * w)
+    return kv, host
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Free bytes on a device (CUDA: free memory; CPU: MemAvailable), None when unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for ln in f:
+                if ln.startswith("MemAvailable:"):
+                    return int(ln.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(dits: list[DiTConfig | None], video: VideoConfig, cache: CacheConfig, dtype: torch.dtype,
+                 device: torch.device | str, keep_frames: bool = True) -> None:
+    """Refuse up front (TooLargeError) a video whose caches or frames cannot fit, stating what it needs."""
+    kv, host = memory_needed(dits, video, cache, dtype, keep_frames)
+    device = torch.device(device)
+    need = {device.type: kv}
+    need["cpu"] = need.get("cpu", 0) + host
+    gb = 2**30
+    for dev, n in need.items():
+        free = available_memory(device if dev == device.type else "cpu")
+        if free is not None and n > free:
+            raise TooLargeError(
+                f"this video needs at least {n / gb:.1f} GiB of {dev} memory ({video.num_blocks} blocks of "
+                f"{video.width}x{video.height}: KV caches {kv / gb:.1f} GiB, returned frames {host / gb:.1f} GiB) "
+                f"but {free / gb:.1f} GiB is free; use fewer --num-blocks, a smaller --height/--width or "
+                f"--window-frames")
+
+
 def _check_finite(x: torch.Tensor, block: int, what: str) -> torch.Tensor:
     if not torch.isfinite(x).all():
         raise NonFiniteError(f"block {block}: {what} contain NaN/Inf (try --dtype float32, or check the checkpoint)")
@@ -128,6 +186,11 @@ class SDVGPipeline:
     Any of drafter/target/router may be None when the chosen mode does not need it (target-only needs no drafter).
     `text_encoder.encode([prompt])` gives the context both DiTs see; the decoder, text encoder and scorer may live on
     an auxiliary device (the paper's two-GPU split); latents move there for decoding.
+
+    A pipeline holds one video's mutable state (KV caches, decode cache, router state), so it runs one stream at a
+    time: a second `stream()` started while another is open raises `PipelineBusyError`. For concurrent videos (a
+    server's sessions) make one pipeline each with `ModelSet.pipeline()`: each has its own caches and decode state
+    over the shared weights.
     """
 
     def __init__(self, *, drafter: BlockModel | None, target: BlockModel | None, decoder, text_encoder,
@@ -135,7 +198,9 @@ class SDVGPipeline:
                  aux_device: torch.device | str | None = None) -> None:
         if drafter is None and target is None:
             raise ValueError("a pipeline needs at least a drafter or a target")
-        self.drafter, self.target, self.decoder = drafter, target, decoder
+        self.drafter, self.target = drafter, target
+        self.decoder = decoder.fork() if hasattr(decoder, "fork") else decoder  # own decode state per pipeline
+        self._busy = threading.Lock()
         self.text_encoder, self.router = text_encoder, router
         self.video = video or (target or drafter).video
         self.device = torch.device((target or drafter).device)
@@ -146,88 +211,98 @@ class SDVGPipeline:
                drafter_context: Literal["own", "emitted"] = "own", stitch_steps: int = 0,
                trace: VideoTrace | None = None) -> Iterator[BlockOutput]:
         """Yield each block's frames as soon as they are final (see module docstring for the algorithm)."""
-        d, t, dec = self.drafter, self.target, self.decoder
-        self._check_args(prompt, mode, stitch_steps, drafter_context)
-        context = self.text_encoder.encode([prompt]).to(self.device)
-        for m in (d, t):
-            if m is not None:
-                m.set_context(context)
-        dec.reset()
-        if self.router is not None:
-            self.router.reset(seed)
-        for b in range(self.video.num_blocks):
-            ms: dict[str, float] = {}
-            fwd0 = (d.forwards if d else 0, t.forwards if t else 0)
-            noise, step_noises = block_noise(seed, b, self._block_shape(), (t or d).num_steps, device=self.device)
-            decision: Decision | None = None
-            frames = draft = None
-            if mode == "draft":
-                with _timed(ms, "draft", self.device):
-                    x = draft = d.denoise(b, noise, step_noises)
-                src = "draft"
-            elif mode == "target" or (mode == "sdvg" and b == 0 and force_reject_first):
-                # Block 0 fixes the scene: the target makes it and no draft is wasted on it; the drafter is
-                # conditioned on the target's block 0 (see README, "Block 0").
-                with _timed(ms, "commit", self.device):
-                    t.flush()
-                with _timed(ms, "target", self.device):
-                    x = t.denoise(b, noise, step_noises)
-                src = "target"
-            elif mode == "stitch":
-                with _timed(ms, "draft", self.device):
-                    x_k = d.denoise(b, noise, step_noises, stop_step=stitch_steps)
-                with _timed(ms, "commit", self.device):
-                    t.flush()
-                with _timed(ms, "target", self.device):
-                    x = t.denoise(b, noise, step_noises, start_step=stitch_steps, x_init=x_k)
-                src = "stitch"
-            else:  # sdvg: draft, decode after a snapshot, route
-                states: dict[int, torch.Tensor] = {}
-                with _timed(ms, "draft", self.device):
-                    draft = d.denoise(b, noise, step_noises, callback=lambda i, xt, x0: states.__setitem__(i, xt))
-                _check_finite(draft, b, "draft latents")
-                snap = dec.snapshot()
-                with _timed(ms, "decode", self.aux_device):
-                    frames = dec.decode(draft.to(self.aux_device))
-                with _timed(ms, "score", self.aux_device):
-                    decision = self.router.decide(b, frames, prompt)
-                if decision.accept:
-                    x, src = draft, "draft"
-                else:
-                    dec.restore(snap)
-                    frames = None
+        if not self._busy.acquire(blocking=False):
+            raise PipelineBusyError(
+                "this pipeline is already generating a video (another stream() is open): finish or close() that "
+                "stream first, or make one pipeline per concurrent video with models.pipeline()")
+        try:
+            d, t, dec = self.drafter, self.target, self.decoder
+            self._check_args(prompt, mode, seed, stitch_steps, drafter_context)
+            self.check_memory(keep_frames=False)
+            context = self.text_encoder.encode([prompt]).to(self.device)
+            for m in (d, t):
+                if m is not None:
+                    m.set_context(context)
+            dec.reset()
+            if self.router is not None:
+                self.router.reset(seed)
+            for b in range(self.video.num_blocks):
+                ms: dict[str, float] = {}
+                fwd0 = (d.forwards if d else 0, t.forwards if t else 0)
+                noise, step_noises = block_noise(seed, b, self._block_shape(), (t or d).num_steps, device=self.device)
+                decision: Decision | None = None
+                frames = draft = None
+                if mode == "draft":
+                    with _timed(ms, "draft", self.device):
+                        x = draft = d.denoise(b, noise, step_noises)
+                    src = "draft"
+                elif mode == "target" or (mode == "sdvg" and b == 0 and force_reject_first):
+                    # Block 0 fixes the scene: the target makes it and no draft is wasted on it; the drafter is
+                    # conditioned on the target's block 0 (see README, "Block 0").
                     with _timed(ms, "commit", self.device):
                         t.flush()
-                    k = stitch_steps
                     with _timed(ms, "target", self.device):
-                        x = t.denoise(b, noise, step_noises, start_step=k, x_init=states[k] if k else None)
-                    src = "stitch" if k else "target"
-            _check_finite(x, b, "latents")
-            # Commits are lazy inside BlockModel: they cost a forward only when that model next denoises.
-            if t is not None and mode != "draft":
-                t.commit(b, x)
-            if d is not None and mode != "target":
-                # "own" (the paper): the drafter's cache keeps its own draft, accepted or not.
-                d.commit(b, draft if drafter_context == "own" and draft is not None else x)
-            if frames is None:
-                with _timed(ms, "decode", self.aux_device):
-                    frames = dec.decode(x.to(self.aux_device))
-            _check_finite(frames, b, "decoded frames")
-            bt = BlockTrace(
-                index=b, source=src, accepted=None if decision is None else bool(decision.accept),
-                score=None if decision is None else decision.score,
-                threshold=None if decision is None else decision.threshold,
-                frame_scores=[] if decision is None else list(decision.frame_scores),
-                drafter_forwards=(d.forwards if d else 0) - fwd0[0], target_forwards=(t.forwards if t else 0) - fwd0[1],
-                ms=ms)
-            if trace is not None:
-                trace.blocks.append(bt)
-            yield BlockOutput(b, frames.float().cpu(), x.float().cpu(), bt)
+                        x = t.denoise(b, noise, step_noises)
+                    src = "target"
+                elif mode == "stitch":
+                    with _timed(ms, "draft", self.device):
+                        x_k = d.denoise(b, noise, step_noises, stop_step=stitch_steps)
+                    with _timed(ms, "commit", self.device):
+                        t.flush()
+                    with _timed(ms, "target", self.device):
+                        x = t.denoise(b, noise, step_noises, start_step=stitch_steps, x_init=x_k)
+                    src = "stitch"
+                else:  # sdvg: draft, decode after a snapshot, route
+                    states: dict[int, torch.Tensor] = {}
+                    with _timed(ms, "draft", self.device):
+                        draft = d.denoise(b, noise, step_noises, callback=lambda i, xt, x0: states.__setitem__(i, xt))
+                    _check_finite(draft, b, "draft latents")
+                    snap = dec.snapshot()
+                    with _timed(ms, "decode", self.aux_device):
+                        frames = dec.decode(draft.to(self.aux_device))
+                    with _timed(ms, "score", self.aux_device):
+                        decision = self.router.decide(b, frames, prompt)
+                    if decision.accept:
+                        x, src = draft, "draft"
+                    else:
+                        dec.restore(snap)
+                        frames = None
+                        with _timed(ms, "commit", self.device):
+                            t.flush()
+                        k = stitch_steps
+                        with _timed(ms, "target", self.device):
+                            x = t.denoise(b, noise, step_noises, start_step=k, x_init=states[k] if k else None)
+                        src = "stitch" if k else "target"
+                _check_finite(x, b, "latents")
+                # Commits are lazy inside BlockModel: they cost a forward only when that model next denoises.
+                if t is not None and mode != "draft":
+                    t.commit(b, x)
+                if d is not None and mode != "target":
+                    # "own" (the paper): the drafter's cache keeps its own draft, accepted or not.
+                    d.commit(b, draft if drafter_context == "own" and draft is not None else x)
+                if frames is None:
+                    with _timed(ms, "decode", self.aux_device):
+                        frames = dec.decode(x.to(self.aux_device))
+                _check_finite(frames, b, "decoded frames")
+                bt = BlockTrace(
+                    index=b, source=src, accepted=None if decision is None else bool(decision.accept),
+                    score=None if decision is None else decision.score,
+                    threshold=None if decision is None else decision.threshold,
+                    frame_scores=[] if decision is None else list(decision.frame_scores),
+                    drafter_forwards=(d.forwards if d else 0) - fwd0[0], target_forwards=(t.forwards if t else 0) - fwd0[1],
+                    ms=ms)
+                if trace is not None:
+                    trace.blocks.append(bt)
+                yield BlockOutput(b, frames.float().cpu(), x.float().cpu(), bt)
+        finally:
+            self._busy.release()
 
     def __call__(self, prompt: str, *, mode: Mode = "sdvg", seed: int = 0, force_reject_first: bool = True,
                  drafter_context: Literal["own", "emitted"] = "own", stitch_steps: int = 0,
                  callback: Callable[[BlockOutput], None] | None = None, progress: bool = False) -> SDVGOutput:
         """Generate one video. `callback` is called after every block; `progress` shows a bar with A/R marks."""
+        self._check_args(prompt, mode, seed, stitch_steps, drafter_context)
+        self.check_memory(keep_frames=True)
         trace = self.new_trace(prompt, mode=mode, seed=seed, force_reject_first=force_reject_first,
                                drafter_context=drafter_context, stitch_steps=stitch_steps)
         bar = None
@@ -261,26 +336,26 @@ class SDVGPipeline:
                           stitch_steps=stitch_steps, force_reject_first=force_reject_first,
                           drafter_context=drafter_context)
 
+    def check_memory(self, keep_frames: bool = True) -> None:
+        """Refuse a video that cannot fit (see `check_memory`); `keep_frames`: the whole video is returned."""
+        m = self.target or self.drafter
+        check_memory([x.dit.cfg for x in (self.drafter, self.target) if x is not None], self.video, m.cache_cfg,
+                     m.dtype, self.device, keep_frames)
+
     def _block_shape(self) -> tuple[int, ...]:
         m = self.target or self.drafter
         h, w = self.video.latent_hw
         return (1, m.dit.cfg.in_dim, self.video.frames_per_block, h, w)
 
-    def _check_args(self, prompt: str, mode: str, stitch_steps: int, drafter_context: str) -> None:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("empty prompt: give a non-empty text prompt")
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    def _check_args(self, prompt: str, mode: str, seed: int, stitch_steps: int, drafter_context: str) -> None:
+        check_prompt(prompt)
+        check_seed(seed)
+        check_run(mode, stitch_steps, drafter_context, (self.target or self.drafter).num_steps)
         needs = {"sdvg": ("drafter", "target", "router"), "target": ("target",), "draft": ("drafter",),
                  "stitch": ("drafter", "target")}[mode]
         for name in needs:
             if getattr(self, name) is None:
                 raise ValueError(f"mode {mode!r} needs a {name}")
-        steps = (self.target or self.drafter).num_steps
-        if not 0 <= stitch_steps < steps or (mode == "stitch" and stitch_steps == 0):
-            raise ValueError(f"stitch_steps must be in [0, {steps - 1}] (and >= 1 for mode 'stitch'), got {stitch_steps}")
-        if drafter_context not in ("own", "emitted"):
-            raise ValueError(f"drafter_context must be 'own' or 'emitted', got {drafter_context!r}")
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import torch
 
 from sdvg.scorers.base import Scorer, aggregate
 from sdvg.seeding import derive_seed
+from sdvg.settings import check_rate, check_tau
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,8 @@ def build_router(name: str, *, scorer: Scorer | None = None, tau: float = -0.7, 
     needs_scorer = name in ("threshold", "min", "mean", "quantile", "cascade", "percentile")
     if needs_scorer and scorer is None:
         raise ValueError(f"router {name!r} needs a scorer")
-    if not isinstance(tau, (int, float)) or (isinstance(tau, float) and math.isnan(tau)):
-        raise ValueError(f"tau must be a number, got {tau!r}")
+    check_tau(tau)
+    check_rate(accept_rate)
     if name in ("threshold", "min"):
         return ThresholdRouter(scorer, tau, "min")
     if name in ("mean", "quantile"):

@@ -137,10 +137,10 @@ class BlockModel:
         c, v = self.cache_cfg, self.video
         ph, pw = self.dit.cfg.patch_size[1:]
         h, w = v.latent_hw
+        cap = c.capacity(v.latent_frames, self.fpb)
         if c.policy == "recompute":
-            return KVCache(self.dit.cfg, c.recompute_frames + self.fpb, (h // ph) * (w // pw), 1,
-                           self.device, self.dtype)
-        return KVCache(self.dit.cfg, v.latent_frames, (h // ph) * (w // pw), 1, self.device, self.dtype,
+            return KVCache(self.dit.cfg, cap, (h // ph) * (w // pw), 1, self.device, self.dtype)
+        return KVCache(self.dit.cfg, cap, (h // ph) * (w // pw), 1, self.device, self.dtype,
                        window_frames=c.window_frames, sink_frames=c.sink_frames)
 
     def set_context(self, context: Tensor) -> None:
@@ -177,6 +177,10 @@ class BlockModel:
         if self.cache_policy == "recompute":
             self._clean.append(x)
         else:
+            # a long run of accepted drafts must not grow into one huge commit forward: flush the queue before it
+            # would outgrow the cache (never within the trained length, so short videos keep their forward counts)
+            if self._pending and (len(self._pending) + 1) * self.fpb > self.kv.capacity:
+                self.flush()
             self._pending.append((block, x))
             if not self.lazy:
                 self.flush()

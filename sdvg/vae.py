@@ -67,6 +67,15 @@ class StreamingDecoder:
     def dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
 
+    def fork(self) -> "StreamingDecoder":
+        """A decoder over the same VAE weights with its own streaming state (one per pipeline, so two pipelines
+        over one model set never share a decode cache)."""
+        import copy
+
+        d = copy.copy(self)
+        d.reset()
+        return d
+
     def reset(self) -> None:
         """Start a new video."""
         self._cache: list = [None] * self._num_convs
