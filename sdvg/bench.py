@@ -15,7 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sdvg.io import append_jsonl, atomic_path, export_to_video, read_jsonl, read_prompts, safe_name, write_json
+from sdvg.io import (append_jsonl, atomic_path, export_to_video, prepare_out_dir, read_jsonl, read_prompts, video_stem,
+                     write_json)
 from sdvg.seeding import video_seed
 
 ALL_MODES = ("target", "draft", "sdvg", "random", "mean", "first", "hybrid", "stitch")
@@ -39,6 +40,8 @@ class Run:
 
 def plan_runs(modes: list[str], taus: list[float], stitch_steps: int) -> list[Run]:
     """Runs in dependency order (random needs the SDVG accept rate of the same prompt and tau)."""
+    if not modes:
+        raise ValueError(f"--modes is empty; choose from {', '.join(ALL_MODES)}")
     bad = sorted(set(modes) - set(ALL_MODES))
     if bad:
         raise ValueError(f"unknown --modes {bad}; choose from {', '.join(ALL_MODES)}")
@@ -164,14 +167,27 @@ def run_study(models, prompts: list[str], out: Path, *, runs: list[Run], samples
                        accept_rate=tr.accept_rate, accepted=[b.accepted for b in tr.blocks],
                        block_scores=[b.score for b in tr.blocks], quality=q.get("quality"), quality_detail=q,
                        peak_mem_mb=tr.peak_mem_mb, rank=rank, world=world)
-            if save_videos:
-                name = f"{prompt}-{s}" if save_videos == "vbench" else f"{i:05d}-{s}-{safe_name(prompt, 60)}"
-                export_to_video(res.frames, out / "videos" / r.key / f"{name}.mp4", fps=fps)
+            if save_videos:  # names from sdvg.io.video_stem: under --out, one per (prompt index, sample)
+                if save_videos == "vbench":  # {prompt}-{n}: a repeated prompt continues the numbering
+                    name = video_stem(prompt, prompts[:i].count(prompt) * samples + s, verbatim=True)
+                else:
+                    name = video_stem(prompt, f"{i:05d}", s)
+                row["video"] = f"videos/{r.key}/{name}.mp4"
+                export_to_video(res.frames, out / row["video"], fps=fps)
             append_jsonl(rows_file, row)
             done_rows[key] = row
             written += 1
             log(f"[rank {rank}] prompt {i} sample {s} {r.key:>14}: {tr.summary()}  quality {row['quality']}")
     return written
+
+
+def write_video_index(out: Path, rows: list[dict]) -> None:
+    """DIR/videos/index.jsonl: one line per saved video (row key, run, prompt, sample, file under DIR)."""
+    saved = [dict(key=r["key"], run=r["run"], prompt_index=r["prompt_index"], sample=r["sample"], prompt=r["prompt"],
+                  seed=r["seed"], video=r["video"]) for r in rows if r.get("video")]
+    if saved:
+        with atomic_path(out / "videos" / "index.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in saved), encoding="utf-8")
 
 
 def stage_seconds(trace) -> dict[str, float]:
@@ -281,35 +297,42 @@ def plot_pareto(path: Path, summary: list[dict]) -> None:
 
 
 def bench_main(argv: list[str]) -> int:
-    from sdvg.cli import _config_defaults, _tau, add_model_args, load_models
+    from sdvg.cli import Parser, add_model_args, check_model_args, load_models, parse_args
+    from sdvg.settings import FPS, LIMIT, SAMPLES, SEED, STEPS, TAUS
 
-    p = argparse.ArgumentParser(prog="sdvg bench", description=__doc__.split("\n")[0])
+    p = Parser(prog="sdvg bench", description=__doc__.split("\n")[0])
     p.add_argument("--prompts", help="prompt file, one per line (default: the built-in world's prompt set)")
     p.add_argument("--out", default="bench")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"comma list from {','.join(ALL_MODES)}")
-    p.add_argument("--taus", default=None, help="comma list (default: the model set's sweep)")
-    p.add_argument("--stitch-steps", type=int, default=2, help="k for hybrid/stitch runs")
-    p.add_argument("--samples", type=int, default=1)
-    p.add_argument("--limit", type=int, default=None, help="only the first N prompts (a quick look)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--taus", type=TAUS, default=None, help="comma list (default: the model set's sweep; -inf ok)")
+    p.add_argument("--stitch-steps", type=STEPS, default=2, help="k for hybrid/stitch runs")
+    p.add_argument("--samples", type=SAMPLES, default=1)
+    p.add_argument("--limit", type=LIMIT, default=None, help="only the first N prompts (a quick look)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--save-videos", choices=("vbench", "index"), default=None,
-                   help="vbench: DIR/videos/RUN/{prompt}-{sample}.mp4 as VBench expects; index: numbered names")
-    p.add_argument("--fps", type=int, default=16)
+                   help="DIR/videos/RUN/NAME.mp4; vbench: NAME = {prompt}-{n} as VBench expects where the prompt is a "
+                        "safe file name, index: numbered names; DIR/videos/index.jsonl maps rows to files")
+    p.add_argument("--fps", type=FPS, default=16)
     p.add_argument("--force", action="store_true", help="start over in an --out that holds another study")
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--config", help="JSON/TOML file of flag values")
     add_model_args(p)
-    _config_defaults(p, argv)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
 
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    try:
+        plan_runs(modes, args.taus or [0.0], args.stitch_steps)  # bad --modes fail before any model is loaded
+    except ValueError as e:
+        p.error(str(e))
+    user_prompts = read_prompts(args.prompts) if args.prompts else None
+    check_model_args(args)
+    out = prepare_out_dir(args.out, recursive_clean=True)
     rank, world = _dist()
     models = load_models(args)
-    prompts = read_prompts(args.prompts) if args.prompts else list(models.prompts)[: models.bench_prompts]
+    prompts = user_prompts or list(models.prompts)[: models.bench_prompts]
     if not prompts:
         raise ValueError("no prompts: pass --prompts FILE")
-    taus = [_tau(t) for t in args.taus.split(",")] if args.taus else list(models.default_taus)
-    runs = plan_runs([m.strip() for m in args.modes.split(",") if m.strip()], taus, args.stitch_steps)
-    out = Path(args.out)
+    runs = plan_runs(modes, args.taus or list(models.default_taus), args.stitch_steps)
     config = dict(models=models.name, checkpoints=[args.drafter, args.target, args.vae, args.scorer_path],
                   cache_policy=args.cache_policy, runs=[asdict(r) for r in runs], samples=args.samples,
                   seed=args.seed, num_blocks=models.video.num_blocks,
@@ -330,6 +353,7 @@ def bench_main(argv: list[str]) -> int:
         dist.barrier()
     if rank == 0:
         rows = merge_results(out)
+        write_video_index(out, rows)
         summary = write_summary(out, rows)
         print((out / "summary.md").read_text())
         print(f"{n} new rows in {time.perf_counter() - t0:.1f}s on rank 0; {len(rows)} rows in {out / 'results.jsonl'}; "

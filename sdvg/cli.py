@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
-from sdvg.pipeline import MODES
 from sdvg.routers import ROUTERS
+from sdvg.settings import (BLOCKS, FPS, MODES, RATE, SAMPLES, SEED, SINKS, SIZE, STEPS, TAU, WINDOW, check_cache,
+                           check_prompt, check_run, glue_negative_values)
 
 
-def _tau(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"tau must be a number (e.g. -0.7, inf, -inf), got {s!r}") from None
-    if math.isnan(v):
-        raise argparse.ArgumentTypeError("tau must not be NaN")
-    return v
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (`prog: error: ...`), not a page of usage before it."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -39,12 +36,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scorer-path", help="ImageReward.pt or a CLIP folder")
     g.add_argument("--med-config", help="ImageReward med_config.json")
     g.add_argument("--tokenizer-dir", help="bert-base-uncased tokenizer folder (vocab.txt) for ImageReward")
-    g.add_argument("--height", type=int, default=480)
-    g.add_argument("--width", type=int, default=832)
-    g.add_argument("--num-blocks", type=int, default=None, help="blocks of 3 latent frames (default 9)")
+    g.add_argument("--height", type=SIZE, default=None, help="checkpoints only (default 480)")
+    g.add_argument("--width", type=SIZE, default=None, help="checkpoints only (default 832)")
+    g.add_argument("--num-blocks", type=BLOCKS, default=None,
+                   help="blocks of 3 latent frames (default 9; longer videos roll the KV cache, see README)")
     g.add_argument("--cache-policy", choices=("append", "recompute"), default="append")
-    g.add_argument("--window-frames", type=int, default=-1)
-    g.add_argument("--sink-frames", type=int, default=0)
+    g.add_argument("--window-frames", type=WINDOW, default=-1,
+                   help="latent frames a block attends to (default -1: all, up to 27; longer videos roll)")
+    g.add_argument("--sink-frames", type=SINKS, default=0, help="first frames kept when the cache rolls")
     g.add_argument("--device", default=None, help="device of the DiTs (default: cuda if available, else cpu)")
     g.add_argument("--aux-device", default=None, help="device of the VAE, text encoder and scorer (2-GPU split)")
     g.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
@@ -70,9 +69,40 @@ def load_models(args: argparse.Namespace):
         drafter=args.drafter, target=args.target, vae=args.vae, text_encoder=args.text_encoder,
         drafter_preset=args.drafter_preset, target_preset=args.target_preset, scorer=args.scorer,
         scorer_path=args.scorer_path, med_config=args.med_config, tokenizer_dir=args.tokenizer_dir,
-        height=args.height, width=args.width, num_blocks=args.num_blocks or 9, cache_policy=args.cache_policy,
+        height=args.height or 480, width=args.width or 832, num_blocks=args.num_blocks or 9, cache_policy=args.cache_policy,
         window_frames=args.window_frames, sink_frames=args.sink_frames, device=device, aux_device=args.aux_device,
         dtype=dtype, ema=not args.no_ema)
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """Model flags that contradict each other, and a checkpoint video that cannot fit in memory: refused before any
+    model is loaded."""
+    if not (args.drafter or args.target):
+        if args.height is not None or args.width is not None:
+            raise ValueError("--height/--width apply to checkpoints only; the built-in world makes 64x64 videos "
+                             "(--models tiny: 32x32)")
+    check_cache(args.window_frames, args.sink_frames)
+    if args.drafter or args.target:
+        import torch
+
+        from sdvg.config import CacheConfig, VideoConfig, dit_preset
+        from sdvg.loading import parse_dtype
+        from sdvg.pipeline import check_memory
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = parse_dtype(args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32"))
+        video = VideoConfig(height=args.height or 480, width=args.width or 832, num_blocks=args.num_blocks or 9)
+        cache = CacheConfig(policy=args.cache_policy, window_frames=args.window_frames, sink_frames=args.sink_frames)
+        dits = [dit_preset(args.drafter_preset) if args.drafter else None,
+                dit_preset(args.target_preset) if args.target else None]
+        check_memory(dits, video, cache, dtype, device)
+
+
+def parse_args(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`--config` defaults, then the flags; `--tau -inf` reads as a value (see `glue_negative_values`)."""
+    argv = glue_negative_values(argv)
+    _config_defaults(p, argv)
+    return p.parse_args(argv)
 
 
 def _config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> None:
@@ -90,68 +120,92 @@ def _config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> None:
         cfg = tomllib.loads(path.read_text())
     else:
         cfg = json.loads(path.read_text())
-    dests = {a.dest for a in parser._actions}
+    actions = {a.dest: a for a in parser._actions}
     cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
-    unknown = sorted(set(cfg) - dests)
+    unknown = sorted(set(cfg) - set(actions))
     if unknown:
         parser.error(f"config file {path}: unknown keys {unknown}")
+    for k, v in cfg.items():  # the same checks as on the command line (argparse skips them for defaults)
+        a = actions[k]
+        if a.type is not None and v is not None:
+            try:
+                cfg[k] = a.type(",".join(map(str, v)) if isinstance(v, list) else str(v))
+            except argparse.ArgumentTypeError as e:
+                parser.error(f"config file {path}: {k}: {e}")
+        if a.choices is not None and cfg[k] not in a.choices:
+            parser.error(f"config file {path}: {k}: {cfg[k]!r} is not one of {list(a.choices)}")
     parser.set_defaults(**cfg)
 
 
 def generate_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="sdvg generate", description="Generate videos with speculative decoding.")
+    p = Parser(prog="sdvg generate", description="Generate videos with speculative decoding.")
     p.add_argument("prompt", nargs="?", help="text prompt (or use --prompts-file)")
     p.add_argument("--prompts-file", help="one prompt per line")
     p.add_argument("--mode", choices=MODES, default="sdvg")
-    p.add_argument("--tau", type=_tau, default=None, help="accept threshold (default: the model set's)")
+    p.add_argument("--tau", type=TAU, default=None, help="accept threshold (default: the model set's; inf, -inf ok)")
     p.add_argument("--router", choices=ROUTERS, default="threshold")
-    p.add_argument("--accept-rate", type=float, default=0.5, help="for --router random / percentile")
-    p.add_argument("--stitch-steps", type=int, default=0, help="hybrid: on reject keep the drafter's first k steps")
+    p.add_argument("--accept-rate", type=RATE, default=0.5, help="for --router random / percentile, in [0, 1]")
+    p.add_argument("--stitch-steps", type=STEPS, default=0,
+                   help="hybrid (--mode sdvg): on reject keep the drafter's first k steps; --mode stitch: k")
     p.add_argument("--no-force-reject-first", action="store_true", help="route block 0 too")
     p.add_argument("--drafter-context", choices=("own", "emitted"), default="own")
     p.add_argument("--eager-commit", action="store_true", help="commit every block at once (for debugging)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samples", type=int, default=1, help="videos per prompt")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--samples", type=SAMPLES, default=1, help="videos per prompt")
     p.add_argument("--out", default="outputs")
-    p.add_argument("--fps", type=int, default=16)
+    p.add_argument("--overwrite", action="store_true", help="replace videos of the same name from an earlier run")
+    p.add_argument("--fps", type=FPS, default=16)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--config", help="JSON/TOML file of flag values")
     add_model_args(p)
-    _config_defaults(p, argv)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
 
-    from sdvg.io import export_to_video, read_prompts, safe_name, write_json
+    from sdvg.io import export_to_video, prepare_out_dir, read_prompts, video_stem, write_json
     from sdvg.seeding import video_seed
 
-    if args.prompts_file:
-        prompts = read_prompts(args.prompts_file)
-    elif args.prompt is not None:
-        if not args.prompt.strip():
-            p.error("empty prompt: give a non-empty text prompt")
-        prompts = [args.prompt]
-    else:
+    if args.prompts_file and args.prompt is not None:
+        p.error("give a PROMPT or --prompts-file, not both")
+    if not args.prompts_file and args.prompt is None:
         p.error("give a PROMPT or --prompts-file")
+    try:
+        check_run(args.mode, args.stitch_steps, args.drafter_context)
+        if args.prompt is not None:
+            check_prompt(args.prompt)
+    except ValueError as e:
+        p.error(str(e))
+    prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
+    check_model_args(args)
+    out = prepare_out_dir(args.out)
+    stems = {(i, s): video_stem(prompt, *([f"p{i}"] if args.prompts_file else []), f"seed{args.seed}",
+                                *([f"s{s}"] if args.samples > 1 else []))
+             for i, prompt in enumerate(prompts) for s in range(args.samples)}
+    if not args.overwrite:
+        old = [out / f"{n}.mp4" for n in stems.values() if (out / f"{n}.mp4").exists()]
+        if old:
+            raise ValueError(f"{old[0]} exists ({len(old)} of this run's {len(stems)} videos do); pass --overwrite "
+                             f"to replace them, or another --out or --seed")
     models = load_models(args)
-    for i, prompt in enumerate(prompts):
+    for prompt in prompts:
         models.text_encoder.encode([prompt])  # validate every prompt before the first video (fails early)
     pipe = models.pipeline(router=args.router, tau=args.tau, accept_rate=args.accept_rate, seed=args.seed,
                            lazy_commit=not args.eager_commit)
-    out = Path(args.out)
-    for i, prompt in enumerate(prompts):
-        for s in range(args.samples):
-            seed = video_seed(args.seed, i, s)
-            res = pipe(prompt, mode=args.mode, seed=seed, force_reject_first=not args.no_force_reject_first,
-                       drafter_context=args.drafter_context, stitch_steps=args.stitch_steps,
-                       progress=not args.no_progress)
-            name = safe_name(prompt) + (f"-{s}" if args.samples > 1 else "")
-            if len(prompts) > 1:
-                name = f"{i:04d}-{name}"
-            export_to_video(res.frames, out / f"{name}.mp4", fps=args.fps)
-            trace = res.trace.to_dict()
-            if models.evaluator is not None:
-                trace["quality"] = models.evaluator.evaluate(res.frames, prompt)
-            write_json(out / f"{name}.json", trace)
-            print(f"{out / (name + '.mp4')}  {res.trace.summary()}")
+    for (i, s), stem in stems.items():
+        prompt = prompts[i]
+        res = pipe(prompt, mode=args.mode, seed=video_seed(args.seed, i, s),
+                   force_reject_first=not args.no_force_reject_first, drafter_context=args.drafter_context,
+                   stitch_steps=args.stitch_steps, progress=not args.no_progress)
+        for n in range(1, 1000):  # a concurrent run took the name meanwhile: keep both videos (stem.2, stem.3, ...)
+            try:
+                path = export_to_video(res.frames, out / f"{stem}{f'.{n}' if n > 1 else ''}.mp4", fps=args.fps,
+                                       replace=args.overwrite)
+                break
+            except FileExistsError:
+                continue
+        trace = dict(video=path.name, **res.trace.to_dict())
+        if models.evaluator is not None:
+            trace["quality"] = models.evaluator.evaluate(res.frames, prompt)
+        write_json(path.with_suffix(".json"), trace)
+        print(f"{path}  {res.trace.summary()}")
     return 0
 
 
@@ -173,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             return inspect_main(rest)
         from sdvg.bench import bench_main
         return bench_main(rest)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:  # bad input or environment: one line, no traceback
         print(f"sdvg {cmd}: error: {e}", file=sys.stderr)
         return 2
 

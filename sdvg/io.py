@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import hashlib
 import re
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +23,11 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"prompt file not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompt file {p} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                         f"save it as UTF-8") from None
     if p.suffix.lower() == ".csv":
         import csv
         rows = list(csv.reader(text.splitlines()))
@@ -36,18 +42,89 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block finishes."""
+def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; move it onto `path` only if the block finishes.
+
+    `replace=False` never replaces an existing file, even one that appeared meanwhile (a concurrent run): it raises
+    FileExistsError instead. The temporary name is `.STEM.PID.XXXXXXXX.tmp.SUFFIX` (see `clean_stale_temps`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic and fails if `path` exists
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links: check, then rename (a small race window)
+                if path.exists():
+                    raise FileExistsError(f"{path} exists") from None
+                os.replace(tmp, path)
+            else:
+                os.unlink(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_TEMP = re.compile(r"^\..+?\.(?:(\d+)\.)?[A-Za-z0-9_]{8}\.tmp(?:\.[^.]+)?$")
+
+
+def clean_stale_temps(folder: str | os.PathLike, recursive: bool = False, idle_s: float = 60.0) -> int:
+    """Remove temporary files that `atomic_path` left behind in a killed run; returns how many.
+
+    Only names of its own pattern are touched, and only those whose writer process is gone (the PID in the name is
+    not running on this machine) and that were not modified for `idle_s` seconds, so a concurrent run's file in
+    progress is kept.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    now, n = time.time(), 0
+    for f in (root.rglob(".*.tmp*") if recursive else root.glob(".*.tmp*")):
+        m = _TEMP.match(f.name)
+        if not m or not f.is_file():
+            continue
+        try:
+            if m.group(1) and _alive(int(m.group(1))) or now - f.stat().st_mtime < idle_s:
+                continue
+            f.unlink()
+            n += 1
+        except OSError:
+            continue
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def prepare_out_dir(path: str | os.PathLike, recursive_clean: bool = False) -> Path:
+    """Create the output folder and prove it writable before any model is loaded (one clear line if not), and
+    clean stale temporary files of killed runs in it."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {p} is a file, not a folder; give a folder path")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".sdvg-write-check.", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"--out {p} is not a writable folder ({e.strerror or type(e).__name__})") from None
+    clean_stale_temps(p, recursive=recursive_clean)
+    return p
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -100,7 +177,7 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-def export_to_video(frames: torch.Tensor, path: str | os.PathLike, fps: int = 16) -> Path:
+def export_to_video(frames: torch.Tensor, path: str | os.PathLike, fps: int = 16, replace: bool = True) -> Path:
     """Write an H.264 mp4 (yuv420p, so every player opens it); small videos are upscaled to even sizes ≥ 64 px."""
     import imageio.v2 as imageio
 
@@ -110,7 +187,7 @@ def export_to_video(frames: torch.Tensor, path: str | os.PathLike, fps: int = 16
     if scale > 1:
         arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=replace) as tmp:
         writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8, pixelformat="yuv420p",
                                     macro_block_size=2, ffmpeg_log_level="error")
         try:
@@ -121,8 +198,32 @@ def export_to_video(frames: torch.Tensor, path: str | os.PathLike, fps: int = 16
     return path
 
 
-def safe_name(text: str, max_len: int = 80) -> str:
-    """A file name from a prompt: keeps letters, digits, spaces, '-', '_' and '.'."""
-    s = re.sub(r"[^\w\-. ]+", "", text).strip()
-    s = re.sub(r"\s+", " ", s)[:max_len].rstrip(" .")
+NAME_BYTES = 120  # a file name's stem, in UTF-8 bytes: well under the 255-byte limit of every common filesystem
+
+
+def safe_name(text: str, max_bytes: int = 80) -> str:
+    """A readable slug of a prompt: letters (any script), digits, spaces, '-', '_' and '.'; at most `max_bytes`
+    UTF-8 bytes (cut on a character boundary); never hidden, never a path; 'video' if nothing is left."""
+    s = re.sub(r"[^\w\-. ]+", "", text)
+    s = re.sub(r"\s+", " ", s).strip(" .-")
+    s = s.encode("utf-8")[:max(max_bytes, 0)].decode("utf-8", "ignore").rstrip(" .-")
     return s or "video"
+
+
+def video_stem(prompt: str, *parts: str | int, verbatim: bool = False, max_bytes: int = NAME_BYTES) -> str:
+    """The one output name (no suffix) of a video, shared by `generate` and `bench`.
+
+    Default: `SLUG-PART...-HASH`, HASH = 8 hex of the full prompt and the parts, so prompts that slug alike (`a/b/c`
+    and `abc`; `..` and `~`) or are cut alike, and distinct (prompt, seed, sample), never share a name. `verbatim`
+    (VBench's layout): `PROMPT-PART...` when the prompt is itself a safe, short file name, else the default form.
+    Always at most `max_bytes` UTF-8 bytes, one path component, never hidden.
+    """
+    tag = "".join(f"-{p}" for p in parts)
+    if re.search(r"[/\\\0]", tag):
+        raise ValueError(f"name parts must not contain path separators: {parts}")
+    if verbatim and safe_name(prompt, max_bytes) == prompt and len((prompt + tag).encode()) <= max_bytes:
+        return prompt + tag
+    h = hashlib.blake2b("\0".join([prompt, *map(str, parts)]).encode("utf-8", "surrogatepass"),
+                        digest_size=4).hexdigest()
+    tail = f"{tag}-{h}"
+    return safe_name(prompt, max_bytes - len(tail.encode())) + tail

@@ -4,14 +4,17 @@ import json
 import pytest
 
 from sdvg.cli import main
+from sdvg.io import video_stem
 
 
 def test_generate_writes_mp4_and_trace(tmp_path, capsys):
     rc = main(["generate", "a red circle", "--models", "tiny", "--out", str(tmp_path), "--tau", "0.001",
                "--no-progress"])
     assert rc == 0
-    assert (tmp_path / "a red circle.mp4").stat().st_size > 0
-    trace = json.loads((tmp_path / "a red circle.json").read_text())
+    stem = video_stem("a red circle", "seed0")
+    assert (tmp_path / f"{stem}.mp4").stat().st_size > 0
+    trace = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert trace["video"] == f"{stem}.mp4" and trace["prompt"] == "a red circle"
     assert trace["mode"] == "sdvg" and trace["tau"] == 0.001 and len(trace["blocks"]) == 3
     assert "quality" in trace
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -23,8 +26,8 @@ def test_generate_prompt_file_modes_and_config(tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"mode": "target", "models": "tiny", "no_progress": True}))
     assert main(["generate", "--prompts-file", str(pf), "--config", str(cfg), "--out", str(tmp_path / "o")]) == 0
-    names = sorted(p.name for p in (tmp_path / "o").glob("*.json"))
-    assert names == ["0000-a red circle.json", "0001-a blue square.json"]
+    names = [f"{video_stem(p, f'p{i}', 'seed0')}.json" for i, p in enumerate(["a red circle", "a blue square"])]
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.json")) == sorted(names)
     assert json.loads((tmp_path / "o" / names[0]).read_text())["mode"] == "target"
 
 
@@ -76,8 +79,8 @@ def test_generate_from_real_format_checkpoints(tmp_path, capsys):
             "sharpness", "--height", "32", "--width", "32", "--num-blocks", "3", "--tau", "0.001", "--device", "cpu",
             "--out", str(tmp_path / "out"), "--no-progress"]
     assert main(argv) == 0
-    trace = json.loads((tmp_path / "out" / f"{prompt}.json").read_text())
+    trace = json.loads((tmp_path / "out" / f"{video_stem(prompt, 'seed0')}.json").read_text())
     ref = m.pipeline(tau=0.001)(prompt, seed=trace["seed"])
     assert [b["accepted"] for b in trace["blocks"]] == [b.accepted for b in ref.trace.blocks]
-    assert main(argv[:4] + ["--drafter-preset", "wan2.1-14b"] + argv[6:]) == 2
+    assert main(argv[:4] + ["--drafter-preset", "wan2.1-14b"] + argv[6:] + ["--overwrite"]) == 2
     assert "preset" in capsys.readouterr().err
