@@ -80,21 +80,50 @@ _WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.
 
 
 def safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """name -> (shape, dtype) from the JSON header only (a 28 GB file costs one small read)."""
+    """name -> (shape, dtype) from the JSON header only (a 28 GB file costs one small read).
+
+    The file's size is checked against the header's tensor offsets, so a truncated file (an interrupted download
+    or copy) or an empty one is a clear ValueError here, not a failure deep inside a load.
+    """
+    path = Path(path)
+    size = path.stat().st_size
     with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        if n > 100_000_000:
-            raise ValueError(f"{path}: not a safetensors file (header length {n})")
-        head = json.loads(f.read(n))
-    return {k: (tuple(v["shape"]), _ST_DTYPES.get(v["dtype"], torch.float32)) for k, v in head.items()
-            if k != "__metadata__"}
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{path}: not a safetensors file ({size} bytes: empty or cut short)")
+        n = struct.unpack("<Q", raw)[0]
+        if n > 100_000_000 or 8 + n > size:
+            raise ValueError(f"{path}: not a safetensors file, or truncated (header length {n}, file {size} bytes)")
+        try:
+            head = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in head.items() if k != "__metadata__"), default=0)
+            out = {k: (tuple(v["shape"]), _ST_DTYPES.get(v["dtype"], torch.float32)) for k, v in head.items()
+                   if k != "__metadata__"}
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise ValueError(f"{path}: not a safetensors file (unreadable header)") from None
+    if 8 + n + end > size:
+        raise ValueError(f"{path}: truncated: its header describes {8 + n + end:,} bytes but the file has {size:,} "
+                         f"(an interrupted download or copy?)")
+    return out
 
 
-def _torch_load(path: Path):
+def load_torch_file(path: str | Path, what: str = "checkpoint"):
+    """`torch.load(weights_only=True)` (memory-mapped when possible) with every failure as one ValueError line:
+    an empty or text file, a truncated zip, or a pickle that holds more than tensors (never executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file, not a {what}")
     try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a file we read"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{path}: cannot read as a {what} ({type(e).__name__}{': ' + msg[:200] if msg else ''})") \
+            from None
 
 
 def _clean(key: str) -> str:
@@ -172,10 +201,7 @@ def _open(path: str | Path, ema: bool = True) -> _Source:
         src.shapes = safetensors_header(p)
         src.where = {k: p for k in src.shapes}
     else:
-        try:
-            obj = _torch_load(p)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we read"
-            raise ValueError(f"{p}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from None
+        obj = load_torch_file(p, "torch checkpoint")
         if not isinstance(obj, dict):
             raise ValueError(f"{p}: expected a dict of tensors, got {type(obj).__name__}")
         subs = tuple(k for k in ("generator", "generator_ema", "model", "critic", "state_dict")
@@ -528,7 +554,9 @@ def format_report(r: InspectReport) -> str:
 
 
 def inspect_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="sdvg inspect", description="identify a checkpoint and check it loads strictly "
+    from sdvg.cli import Parser
+
+    ap = Parser(prog="sdvg inspect", description="identify a checkpoint and check it loads strictly "
                                  "(reads headers only)")
     ap.add_argument("path")
     ap.add_argument("--preset", help="DiT preset to check against (default: the one the shapes match)")
@@ -542,4 +570,4 @@ def inspect_main(argv: list[str] | None = None) -> int:
 __all__ = ["CheckpointInfo", "InspectReport", "detect_format", "load_dit", "load_state_dict_any", "save_dit",
            "inspect_checkpoint", "format_report", "inspect_main", "dit_key_to_diffusers", "dit_key_to_original",
            "vae_key_to_diffusers", "vae_key_to_original", "vae_num_res_blocks", "infer_dit_config", "match_preset",
-           "check_keys", "params_on_meta", "safetensors_header"]
+           "check_keys", "params_on_meta", "safetensors_header", "load_torch_file"]

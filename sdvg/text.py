@@ -108,9 +108,9 @@ def umt5_config_from_wan(shapes: dict[str, tuple[int, ...]]):
 def _load_wan_t5(pth: Path, device, dtype):
     from transformers import UMT5EncoderModel
 
-    from sdvg.checkpoints import check_keys, params_on_meta
+    from sdvg.checkpoints import check_keys, load_torch_file, params_on_meta
 
-    sd = torch.load(pth, map_location="cpu", mmap=True, weights_only=True)
+    sd = load_torch_file(pth, "Wan umT5 checkpoint")
     try:
         cfg = umt5_config_from_wan({k: tuple(v.shape) for k, v in sd.items()})
     except (KeyError, ValueError) as e:
@@ -209,9 +209,12 @@ class PrecomputedTextEncoder:
         self.path, self.text_len = Path(path), text_len
         if not self.path.is_file():
             raise FileNotFoundError(f"precomputed embeddings {self.path} do not exist")
+        from sdvg.checkpoints import load_torch_file, safetensors_header
+
         if self.path.suffix == ".safetensors":
             from safetensors import safe_open
 
+            safetensors_header(self.path)  # empty or truncated: one clear line
             with safe_open(str(self.path), framework="pt") as f:
                 meta = f.metadata() or {}
                 if "prompts" not in meta:
@@ -219,7 +222,7 @@ class PrecomputedTextEncoder:
                 prompts = json.loads(meta["prompts"])
                 self._emb = {p: f.get_tensor(f"emb.{i}") for i, p in enumerate(prompts)}
         else:
-            obj = torch.load(self.path, map_location="cpu", weights_only=True)
+            obj = load_torch_file(self.path, "precomputed-embeddings file")
             if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                     for k, v in obj.items()):
                 raise ValueError(f"{self.path}: expected a dict {{prompt: Tensor[L, dim]}}")

@@ -43,11 +43,14 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"ImageReward checkpoint {p} not found. {FILES_HELP}")
+    from sdvg.checkpoints import load_torch_file, safetensors_header
+
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        safetensors_header(p)  # empty or truncated: one clear line
         return load_file(str(p))
-    sd = torch.load(p, map_location="cpu", mmap=True, weights_only=True)
+    sd = load_torch_file(p, "ImageReward checkpoint")
     if not isinstance(sd, dict):
         raise ValueError(f"{p} does not hold a state_dict (got {type(sd).__name__})")
     return sd
