@@ -14,8 +14,8 @@ Visibility for queries whose block ends at frame `end`: held frames < `end`, res
 to the sinks plus the last `window_frames - sink_frames` frames before `end`, so a query sees at most
 `window_frames` frames including its own block. With `window_frames == -1` every earlier frame is visible. Sizing:
 `capacity = max_frames` (or `window_frames` if smaller, since more could never be seen). A video longer than the
-capacity rolls; for the append policy size it from the video (e.g. 27 latent frames for 9 blocks of 3; the
-reference's default of 21 frames is too small for that) or give a window.
+capacity rolls; `CacheConfig.capacity` sizes it (27 latent frames for the trained 9 blocks of 3, the reference's
+default of 21 frames being too small for that), so memory does not grow with the video's length.
 """
 from __future__ import annotations
 

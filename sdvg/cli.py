@@ -201,6 +201,8 @@ def generate_main(argv: list[str]) -> int:
                 break
             except FileExistsError:
                 continue
+        else:
+            raise ValueError(f"{out / stem}.mp4 and 998 numbered variants exist; pass another --out")
         trace = dict(video=path.name, **res.trace.to_dict())
         if models.evaluator is not None:
             trace["quality"] = models.evaluator.evaluate(res.frames, prompt)

@@ -289,7 +289,8 @@ class SDVGPipeline:
                     score=None if decision is None else decision.score,
                     threshold=None if decision is None else decision.threshold,
                     frame_scores=[] if decision is None else list(decision.frame_scores),
-                    drafter_forwards=(d.forwards if d else 0) - fwd0[0], target_forwards=(t.forwards if t else 0) - fwd0[1],
+                    drafter_forwards=(d.forwards if d else 0) - fwd0[0],
+                    target_forwards=(t.forwards if t else 0) - fwd0[1],
                     ms=ms)
                 if trace is not None:
                     trace.blocks.append(bt)

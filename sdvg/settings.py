@@ -57,7 +57,8 @@ def check_run(mode: str, stitch_steps: int, drafter_context: str, num_steps: int
     if mode == "stitch" and stitch_steps == 0:
         raise ValueError("mode 'stitch' needs stitch_steps >= 1")
     if num_steps is not None and stitch_steps >= num_steps:
-        raise ValueError(f"stitch_steps must be in [0, {num_steps - 1}] for a {num_steps}-step model, got {stitch_steps}")
+        raise ValueError(f"stitch_steps must be in [0, {num_steps - 1}] for a {num_steps}-step model, "
+                         f"got {stitch_steps}")
     if drafter_context not in ("own", "emitted"):
         raise ValueError(f"drafter_context must be 'own' or 'emitted', got {drafter_context!r}")
 
