@@ -310,3 +310,11 @@ def test_inspect_and_loaders_reject_truncated_empty_and_non_tensor_files(tmp_pat
 
     r = _cli("inspect", str(cut))
     assert r.returncode == 2 and "truncated" in _one_line(r.stderr)
+
+
+def test_huge_checkpoint_resolution_is_refused_before_loading(tmp_path, capsys):
+    f = tmp_path / "never-read.safetensors"
+    f.write_bytes(b"")  # refused from the preset's size before this (empty) file is opened
+    rc = main(["generate", "x", "--target", str(f), "--vae", str(f), "--text-encoder", str(f), "--height", "8192",
+               "--width", "8192", "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "GiB" in _one_line(capsys.readouterr().err)
