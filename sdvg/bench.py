@@ -19,15 +19,16 @@ from sdvg.io import (append_jsonl, atomic_path, export_to_video, prepare_out_dir
                      write_json)
 from sdvg.seeding import video_seed
 
-ALL_MODES = ("target", "draft", "sdvg", "random", "mean", "first", "hybrid", "stitch")
-DEFAULT_MODES = ("target", "draft", "sdvg", "random", "mean", "first", "hybrid")
+ALL_MODES = ("target", "draft", "sdvg", "random", "prefix", "mean", "first", "hybrid", "stitch")
+DEFAULT_MODES = ("target", "draft", "sdvg", "random", "prefix", "mean", "first", "hybrid")
+MATCHED = ("random", "prefix")  # content-blind baselines matched per video to SDVG's routing at the same tau
 
 
 @dataclass(frozen=True)
 class Run:
     """One configuration of the study, run once per (prompt, sample)."""
 
-    label: str  # target | draft | sdvg | random | mean | first | hybrid | stitch
+    label: str  # target | draft | sdvg | random | prefix | mean | first | hybrid | stitch
     mode: str  # the pipeline mode
     tau: float | None = None
     router: str | None = None
@@ -45,8 +46,9 @@ def plan_runs(modes: list[str], taus: list[float], stitch_steps: int) -> list[Ru
     bad = sorted(set(modes) - set(ALL_MODES))
     if bad:
         raise ValueError(f"unknown --modes {bad}; choose from {', '.join(ALL_MODES)}")
-    if "random" in modes and "sdvg" not in modes:
-        raise ValueError("--modes random needs sdvg too (it routes at the accept rate SDVG measured)")
+    for m in MATCHED:
+        if m in modes and "sdvg" not in modes:
+            raise ValueError(f"--modes {m} needs sdvg too (it is matched to SDVG's routing of the same video)")
     runs: list[Run] = []
     if "target" in modes:
         runs.append(Run("target", "target"))
@@ -65,6 +67,8 @@ def plan_runs(modes: list[str], taus: list[float], stitch_steps: int) -> list[Ru
             runs.append(Run("hybrid", "sdvg", tau, "threshold", stitch_steps))
         if "random" in modes:
             runs.append(Run("random", "sdvg", tau, "random"))
+        if "prefix" in modes:
+            runs.append(Run("prefix", "sdvg", tau, "prefix"))
     return runs
 
 
@@ -136,11 +140,11 @@ def run_study(models, prompts: list[str], out: Path, *, runs: list[Run], samples
             if any(row_key(i, s, r.key) not in done_rows for r in runs)]
     pipes: dict[tuple, object] = {}
 
-    def pipe_for(r: Run, accept_rate: float = 0.5):
-        k = (r.router, r.tau, accept_rate if r.router == "random" else None)
+    def pipe_for(r: Run, accept_rate: float = 0.5, prefix: int = 1):
+        k = (r.router, r.tau, accept_rate if r.router == "random" else None, prefix if r.router == "prefix" else None)
         if k not in pipes:
             pipes[k] = models.pipeline(router=r.router or "reject-all", tau=r.tau, accept_rate=accept_rate,
-                                       seed=seed)
+                                       seed=seed, prefix_blocks=prefix)
         return pipes[k]
 
     if warmup and todo:  # untimed videos so that timings exclude lazy init and allocator growth
@@ -153,15 +157,18 @@ def run_study(models, prompts: list[str], out: Path, *, runs: list[Run], samples
             key = row_key(i, s, r.key)
             if key in done_rows:
                 continue
-            acc = 0.5
-            if r.label == "random":  # the accept rate SDVG measured on this video at this tau
-                acc = done_rows[row_key(i, s, Run("sdvg", "sdvg", r.tau).key)]["accept_rate"] or 0.0
-            res = pipe_for(r, acc)(prompt, mode=r.mode, seed=vseed, stitch_steps=r.stitch_steps)
+            acc, prefix = 0.5, 1
+            if r.label in MATCHED:  # random: SDVG's accept rate on this video; prefix: as many target blocks
+                ref = done_rows[row_key(i, s, Run("sdvg", "sdvg", r.tau).key)]
+                acc = ref["accept_rate"] or 0.0
+                prefix = sum(1 for a in ref["accepted"] if not a)
+            res = pipe_for(r, acc, prefix)(prompt, mode=r.mode, seed=vseed, stitch_steps=r.stitch_steps)
             tr = res.trace
             q = models.evaluator.evaluate(res.frames, prompt) if models.evaluator is not None else {}
             row = dict(key=key, run=r.key, run_order=order, label=r.label, mode=r.mode, tau=r.tau, router=r.router,
                        stitch_steps=r.stitch_steps, prompt_index=i, sample=s, prompt=prompt, seed=vseed,
                        routed_accept_rate=acc if r.label == "random" else None,
+                       prefix_blocks=prefix if r.label == "prefix" else None,
                        wall_s=tr.wall_s, stage_s=stage_seconds(tr), drafter_forwards=tr.drafter_forwards,
                        target_forwards=tr.target_forwards,
                        accept_rate=tr.accept_rate, accepted=[b.accepted for b in tr.blocks],
@@ -235,6 +242,26 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def paired(rows: list[dict], resamples: int = 2000) -> list[dict]:
+    """SDVG minus each matched baseline (random, prefix) at the same tau, paired by video and seed: the mean
+    quality difference with a 95% bootstrap interval over videos (fixed resampling seed, so reruns agree)."""
+    import numpy as np
+
+    by = {(r["label"], r["tau"], r["prompt_index"], r["sample"]): r["quality"] for r in rows}
+    out = []
+    for tau in sorted({r["tau"] for r in rows if r["label"] == "sdvg"}):
+        for base in MATCHED:
+            d = [q - by[(base, tau, i, s)] for (lab, t, i, s), q in by.items()
+                 if lab == "sdvg" and t == tau and q is not None and by.get((base, tau, i, s)) is not None]
+            if not d:
+                continue
+            d = np.asarray(d)
+            boot = np.random.default_rng(0).choice(d, size=(resamples, len(d))).mean(1)
+            out.append(dict(tau=tau, baseline=base, videos=len(d), mean_diff=float(d.mean()),
+                            lo=float(np.quantile(boot, 0.025)), hi=float(np.quantile(boot, 0.975))))
+    return out
+
+
 def _fmt(v, spec=".3f"):
     return "–" if v is None else format(v, spec)
 
@@ -260,6 +287,13 @@ def write_summary(out: Path, rows: list[dict]) -> list[dict]:
                   f"| {' '.join(_fmt(p, '.2f') for p in s['accept_by_position'])} |")
     md += ["", "time: wall seconds per video (model load and warm-up excluded), decode and scoring included; "
            "DiT time: drafter + target + commit stages only. speedup and retention are against target only."]
+    pairs = paired(rows)
+    if pairs:
+        md += ["", "SDVG vs content-blind routing at the same tau, paired by video and seed (random: SDVG's accept "
+               "rate on that video; prefix: the target makes as many blocks as SDVG gave it, the first ones):", "",
+               "| tau | baseline | videos | quality diff (SDVG - baseline) | 95% interval |", "|---|---|---|---|---|"]
+        md += [f"| {p['tau']:g} | {p['baseline']} | {p['videos']} | {p['mean_diff']:+.4f} "
+               f"| [{p['lo']:+.4f}, {p['hi']:+.4f}] |" for p in pairs]
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
     plot_pareto(out / "pareto.png", summary)
@@ -281,6 +315,7 @@ def plot_pareto(path: Path, summary: list[dict]) -> None:
                         fontsize=7)
     style = {"target": ("*", "target only"), "draft": ("s", "draft only"), "first": ("^", "target block 0 only"),
              "stitch": ("D", "T-Stitch"), "random": ("x", "random routing"), "mean": ("+", "mean-frame score"),
+             "prefix": ("1", "target prefix (matched)"),
              "hybrid": ("v", "hybrid (stitch on reject)")}
     for label, (marker, name) in style.items():
         ss = [s for s in pts.values() if s["label"] == label]

@@ -198,6 +198,33 @@ def export_to_video(frames: torch.Tensor, path: str | os.PathLike, fps: int = 16
     return path
 
 
+def save_strip(rows: list[tuple[str, torch.Tensor, list[bool | None] | None]], blocks: list[tuple[int, int]],
+               path: str | os.PathLike, scale: int = 2) -> Path:
+    """A PNG contact sheet to *look at* a run: one row per video (its label on the left), the last frame of every
+    block, and under each block a bar: green = the drafter's block was accepted, red = the target made it
+    (rejected draft or target-only), none = no routing (draft-only). rows: (label, frames [T,3,H,W], accepted per
+    block or None); blocks: each block's [start, end) frame range."""
+    from PIL import Image, ImageDraw
+
+    H, W = rows[0][1].shape[-2:]
+    h, w, bar, pad, left = H * scale, W * scale, 4, 2, 110
+    sheet = Image.new("RGB", (left + len(blocks) * (w + pad), len(rows) * (h + bar + 2 * pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, frames, accepted) in enumerate(rows):
+        y = pad + r * (h + bar + 2 * pad)
+        draw.text((4, y + h // 2 - 6), label, fill="black")
+        for b, (_, end) in enumerate(blocks):
+            x = left + b * (w + pad)
+            img = Image.fromarray(to_uint8(frames[end - 1:end])[0]).resize((w, h), Image.NEAREST)
+            sheet.paste(img, (x, y))
+            if accepted is not None and b < len(accepted):
+                draw.rectangle([x, y + h + 1, x + w - 1, y + h + bar], fill="#2a2" if accepted[b] else "#c22")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return path
+
+
 NAME_BYTES = 120  # a file name's stem, in UTF-8 bytes: well under the 255-byte limit of every common filesystem
 
 

@@ -52,7 +52,7 @@ class ModelSet:
 
     def pipeline(self, *, router: str = "threshold", tau: float | None = None, accept_rate: float = 0.5,
                  q: float = 0.1, seed: int = 0, lazy_commit: bool = True,
-                 cache: CacheConfig | None = None) -> SDVGPipeline:
+                 cache: CacheConfig | None = None, prefix_blocks: int = 1) -> SDVGPipeline:
         """A fresh pipeline (fresh KV caches and router state) over the loaded models."""
         cache = cache or self.cache
 
@@ -63,8 +63,9 @@ class ModelSet:
                               lazy=lazy_commit)
 
         tau = self.default_tau if tau is None else tau
-        r = build_router(router, scorer=self.scorer, tau=tau, accept_rate=accept_rate, q=q, seed=seed) \
-            if (self.scorer is not None or router in ("random", "accept-all", "reject-all")) else None
+        r = build_router(router, scorer=self.scorer, tau=tau, accept_rate=accept_rate, q=q, seed=seed,
+                         prefix_blocks=prefix_blocks) \
+            if (self.scorer is not None or router in ("random", "prefix", "accept-all", "reject-all")) else None
         return SDVGPipeline(drafter=block_model(self.drafter), target=block_model(self.target), decoder=self.decoder,
                             text_encoder=self.text_encoder, router=r, video=self.video, aux_device=self.aux_device)
 

@@ -129,6 +129,24 @@ class ConstantRouter:
 
 
 @dataclass
+class PrefixRouter:
+    """Reject the first `blocks` blocks (the target makes them), accept every later draft: content-blind.
+
+    `blocks=1` is the `first` baseline (the target fixes the scene, the drafter does the rest); the bench matches
+    `blocks` to the number of blocks SDVG gave the target on the same video, for a comparison at equal cost.
+    """
+
+    blocks: int = 1
+    name: str = "prefix"
+
+    def reset(self, seed: int) -> None:
+        pass
+
+    def decide(self, block: int, frames: torch.Tensor, prompt: str) -> Decision:
+        return Decision(block >= self.blocks, None, None)
+
+
+@dataclass
 class PercentileRouter:
     """Running threshold aiming at a target accept rate.
 
@@ -163,11 +181,11 @@ class PercentileRouter:
         return Decision(score >= tau, score, tau, tuple(s.tolist()), len(s))
 
 
-ROUTERS = ("threshold", "mean", "quantile", "cascade", "random", "percentile", "accept-all", "reject-all")
+ROUTERS = ("threshold", "mean", "quantile", "cascade", "random", "percentile", "prefix", "accept-all", "reject-all")
 
 
 def build_router(name: str, *, scorer: Scorer | None = None, tau: float = -0.7, accept_rate: float = 0.5,
-                 q: float = 0.1, seed: int = 0) -> Router:
+                 q: float = 0.1, seed: int = 0, prefix_blocks: int = 1) -> Router:
     """Router by name (`ROUTERS`); threshold-style routers need a scorer."""
     needs_scorer = name in ("threshold", "min", "mean", "quantile", "cascade", "percentile")
     if needs_scorer and scorer is None:
@@ -184,6 +202,8 @@ def build_router(name: str, *, scorer: Scorer | None = None, tau: float = -0.7, 
         return RandomRouter(accept_rate, seed)
     if name == "percentile":
         return PercentileRouter(scorer, accept_rate, tau0=tau)
+    if name == "prefix":
+        return PrefixRouter(prefix_blocks)
     if name == "accept-all":
         return ConstantRouter(True, name=name)
     if name == "reject-all":

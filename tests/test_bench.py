@@ -9,7 +9,7 @@ import pytest
 from sdvg.bench import bench_main, plan_runs, shard, summarise
 from sdvg.io import read_jsonl
 
-ARGS = ["--models", "tiny", "--modes", "target,draft,sdvg,random,mean,first,hybrid", "--taus", "0,0.01",
+ARGS = ["--models", "tiny", "--modes", "target,draft,sdvg,random,prefix,mean,first,hybrid", "--taus", "0,0.01",
         "--no-warmup"]
 
 
@@ -33,7 +33,13 @@ def test_bench_rows_summary_resume_and_refusal(tmp_path):
     p = _prompts(tmp_path, 2)
     assert bench_main(ARGS + ["--prompts", p, "--out", str(out)]) == 0
     rows = read_jsonl(out / "results.jsonl")
-    assert len(rows) == 2 * (3 + 4 * 2)
+    assert len(rows) == 2 * (3 + 5 * 2)
+    by = {(r["run"], r["prompt_index"]): r for r in rows}
+    for i in range(2):  # the matched prefix baseline gives the target exactly as many (leading) blocks as SDVG did
+        sd, pre = by[("sdvg@0", i)], by[("prefix@0", i)]
+        k = sum(1 for a in sd["accepted"] if not a)
+        assert pre["prefix_blocks"] == k and pre["accepted"][1:] == [b >= k for b in range(1, len(pre["accepted"]))]
+    assert "paired by video and seed" in (out / "summary.md").read_text()
     for f in ("summary.md", "summary.csv", "pareto.png", "config.json"):
         assert (out / f).stat().st_size > 0
     r = next(r for r in rows if r["run"] == "sdvg@0")
@@ -54,6 +60,17 @@ def test_bench_rows_summary_resume_and_refusal(tmp_path):
         bench_main(ARGS[:-3] + ["--taus", "0.5", "--no-warmup", "--prompts", p, "--out", str(out)])
     assert bench_main(ARGS[:-3] + ["--taus", "0.5", "--no-warmup", "--prompts", p, "--out", str(out), "--force"]) == 0
     assert {x["tau"] for x in read_jsonl(out / "results.jsonl")} == {None, 0.5}
+
+
+def test_paired_differences_and_interval():
+    from sdvg.bench import paired
+
+    rows = [dict(label=lab, tau=0.5, prompt_index=i, sample=0, quality=q)
+            for i in range(20) for lab, q in (("sdvg", 0.8 + 0.01 * (i % 3)), ("random", 0.7), ("prefix", 0.8))]
+    res = {p["baseline"]: p for p in paired(rows)}
+    assert res["random"]["videos"] == 20 and res["random"]["lo"] > 0.09 and abs(res["random"]["mean_diff"] - 0.1095) < 1e-3
+    assert res["prefix"]["lo"] <= res["prefix"]["mean_diff"] <= res["prefix"]["hi"]
+    assert paired(rows) == paired(rows)  # fixed resampling seed
 
 
 def test_summary_numbers_come_from_rows():

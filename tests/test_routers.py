@@ -73,6 +73,8 @@ def test_percentile_router_tracks_target_rate():
 def test_constant_and_factory_errors():
     assert ConstantRouter(True).decide(1, _frames(), "x").accept
     assert not build_router("reject-all").decide(1, _frames(), "x").accept
+    pre = build_router("prefix", prefix_blocks=3)
+    assert [pre.decide(b, _frames(), "x").accept for b in range(1, 6)] == [False, False, True, True, True]
     with pytest.raises(ValueError, match="needs a scorer"):
         build_router("threshold")
     with pytest.raises(ValueError, match="unknown router"):
