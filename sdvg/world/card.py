@@ -7,6 +7,7 @@ from sdvg.io import read_jsonl
 from sdvg.world import spec
 
 CARD = Path(__file__).parent / "MODEL_CARD.md"
+STRIP = Path(__file__).parent / "strip.png"  # target-only / draft-only / SDVG frames of the README's first prompt
 
 
 def _sizes(weights: Path) -> dict[str, int]:
@@ -112,6 +113,11 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         f"- Default tau sweep (deciles 10/30/50/70/90 % of the critic's draft-block scores): {info['default_taus']};"
         f" default tau {info['default_tau']}.",
         "",
+        *([f"## What it looks like: `{m['strip']['prompt']}` (seed {m['strip']['seed']})", "",
+           "![frame strip](strip.png)", "",
+           "The last frame of each block: target-only, draft-only, and SDVG at the default tau (bar under a block:",
+           f"green = draft accepted, red = made by the target). SDVG's blocks: `{m['strip']['sdvg_blocks']}`"
+           " (- = block 0, always the target's).", ""] if "strip" in m else []),
         "## Files",
         f"Total safetensors: {total / 2**20:.1f} MiB.",
         "",

@@ -500,6 +500,27 @@ def forward_cost(world) -> dict:
     return out
 
 
+STRIP_PROMPT = "a red circle moving down on a black background"  # the README's first prompt
+
+
+def write_strip(world, path: Path, prompt: str, seed: int, tau: float) -> str:
+    """The frame strip of the README and the model card: target-only, draft-only and SDVG on one prompt, with the
+    SDVG block decisions; returns SDVG's decisions (- forced block 0, A accepted, R rejected)."""
+    from sdvg.io import save_strip
+    from sdvg.world.render import block_frame_range
+
+    rows, marks = [], ""
+    for mode in ("target", "draft", "sdvg"):
+        f, tr = generate(world, prompt, mode, seed, scorer=world.critic, tau=tau)
+        acc = [False] * len(tr.blocks) if mode == "target" else None
+        if mode == "sdvg":
+            acc = [bool(bl.accepted) for bl in tr.blocks]
+            marks = "".join("-" if bl.accepted is None else "AR"[not bl.accepted] for bl in tr.blocks)
+        rows.append((f"SDVG tau={tau:g}" if mode == "sdvg" else f"{mode}-only", f, acc))
+    save_strip(rows, [block_frame_range(b) for b in range(world.video.num_blocks)], path, scale=2)
+    return marks
+
+
 def stage_card(run: Run) -> None:
     """Evaluate on held-out prompts (target-only, draft-only, SDVG at the middle tau), the critic-evaluator
     Spearman, the forward cost ratio; write world.json and MODEL_CARD.md."""
@@ -556,13 +577,16 @@ def stage_card(run: Run) -> None:
     res["wall_s"] = {m: round(float(np.median(w)), 3) for m, w in walls.items()}
     run.log("card", **{k: v for k, v in res.items() if k not in ("train", "heldout")},
             sdvg=res["heldout"]["sdvg"])
+    from sdvg.world import WEIGHTS_DIR
+    from sdvg.world.card import CARD, STRIP, write_card
+
+    shipped = run.out.resolve() == WEIGHTS_DIR.resolve()
+    strip = STRIP if shipped else run.out / STRIP.name
+    res["strip"] = {"prompt": STRIP_PROMPT, "seed": 0, "tau": taus[2],
+                    "sdvg_blocks": write_strip(world, strip, STRIP_PROMPT, 0, taus[2])}
     info = {"seed": run.seed, "threads": torch.get_num_threads(), "budget": asdict(run.budget),
             "default_taus": taus, "default_tau": taus[2], "metrics": res}
     (run.out / "world.json").write_text(json.dumps(info, indent=2) + "\n")
-    from sdvg.world import WEIGHTS_DIR
-    from sdvg.world.card import CARD, write_card
-
-    shipped = run.out.resolve() == WEIGHTS_DIR.resolve()
     card = write_card(run.out, info, CARD if shipped else run.out / "MODEL_CARD.md")
     run.log("card", written=str(card))
 
