@@ -1,9 +1,9 @@
 """Files in and out: prompt files, mp4 export, JSON traces, all written atomically (temp name, then rename)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import hashlib
 import re
 import tempfile
 import time
