@@ -113,7 +113,8 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         f"- Default tau sweep (deciles 10/30/50/70/90 % of the critic's draft-block scores): {info['default_taus']};"
         f" default tau {info['default_tau']}.",
         "",
-        *([f"## What it looks like: `{m['strip']['prompt']}` (seed {m['strip']['seed']})", "",
+        *([f"## What it looks like: `{m['strip']['prompt']}` (as `sdvg generate` makes it: seed {m['strip']['seed']})",
+           "",
            "![frame strip](strip.png)", "",
            "The last frame of each block: target-only, draft-only, and SDVG at the default tau (bar under a block:",
            f"green = draft accepted, red = made by the target). SDVG's blocks: `{m['strip']['sdvg_blocks']}`"

@@ -582,8 +582,11 @@ def stage_card(run: Run) -> None:
 
     shipped = run.out.resolve() == WEIGHTS_DIR.resolve()
     strip = STRIP if shipped else run.out / STRIP.name
-    res["strip"] = {"prompt": STRIP_PROMPT, "seed": 0, "tau": taus[2],
-                    "sdvg_blocks": write_strip(world, strip, STRIP_PROMPT, 0, taus[2])}
+    from sdvg.seeding import video_seed
+
+    seed = video_seed(0, 0, 0)  # what `sdvg generate "PROMPT"` uses for its first video
+    res["strip"] = {"prompt": STRIP_PROMPT, "seed": seed, "tau": taus[2],
+                    "sdvg_blocks": write_strip(world, strip, STRIP_PROMPT, seed, taus[2])}
     info = {"seed": run.seed, "threads": torch.get_num_threads(), "budget": asdict(run.budget),
             "default_taus": taus, "default_tau": taus[2], "metrics": res}
     (run.out / "world.json").write_text(json.dumps(info, indent=2) + "\n")
