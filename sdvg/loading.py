@@ -12,7 +12,7 @@ import torch
 
 from sdvg.config import CacheConfig, SamplerConfig, VideoConfig, dit_preset
 from sdvg.pipeline import SDVGPipeline
-from sdvg.routers import build_router
+from sdvg.routers import NEEDS_SCORER, build_router
 from sdvg.sampler import BlockModel
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -65,7 +65,7 @@ class ModelSet:
         tau = self.default_tau if tau is None else tau
         r = build_router(router, scorer=self.scorer, tau=tau, accept_rate=accept_rate, q=q, seed=seed,
                          prefix_blocks=prefix_blocks) \
-            if (self.scorer is not None or router in ("random", "prefix", "accept-all", "reject-all")) else None
+            if (self.scorer is not None or router not in NEEDS_SCORER) else None
         return SDVGPipeline(drafter=block_model(self.drafter), target=block_model(self.target), decoder=self.decoder,
                             text_encoder=self.text_encoder, router=r, video=self.video, aux_device=self.aux_device)
 

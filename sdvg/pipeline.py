@@ -85,10 +85,14 @@ class VideoTrace:
                  target_forwards=self.target_forwards, accepted=[b.accepted for b in self.blocks])
         return d
 
+    @property
+    def marks(self) -> str:
+        """One letter per block: A accepted draft, R rejected (the target regenerated it), - not routed."""
+        return "".join({True: "A", False: "R", None: "-"}[b.accepted] for b in self.blocks)
+
     def summary(self) -> str:
         acc = "n/a" if self.accept_rate is None else f"{self.accept_rate:.0%}"
-        marks = "".join({True: "A", False: "R", None: "-"}[b.accepted] for b in self.blocks)
-        return (f"{self.mode}: blocks {marks}  accept {acc}  forwards drafter {self.drafter_forwards} "
+        return (f"{self.mode}: blocks {self.marks}  accept {acc}  forwards drafter {self.drafter_forwards} "
                 f"target {self.target_forwards}  {self.wall_s:.2f}s")
 
 
@@ -319,7 +323,7 @@ class SDVGPipeline:
             if callback is not None:
                 callback(out)
             if bar is not None:
-                bar.set_postfix_str("".join({True: "A", False: "R", None: "-"}[b.accepted] for b in trace.blocks))
+                bar.set_postfix_str(trace.marks)
                 bar.update(1)
         _sync(self.device)
         trace.wall_s = time.perf_counter() - t0

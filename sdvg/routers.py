@@ -182,13 +182,13 @@ class PercentileRouter:
 
 
 ROUTERS = ("threshold", "mean", "quantile", "cascade", "random", "percentile", "prefix", "accept-all", "reject-all")
+NEEDS_SCORER = ("threshold", "min", "mean", "quantile", "cascade", "percentile")  # the others are content-blind
 
 
 def build_router(name: str, *, scorer: Scorer | None = None, tau: float = -0.7, accept_rate: float = 0.5,
                  q: float = 0.1, seed: int = 0, prefix_blocks: int = 1) -> Router:
     """Router by name (`ROUTERS`); threshold-style routers need a scorer."""
-    needs_scorer = name in ("threshold", "min", "mean", "quantile", "cascade", "percentile")
-    if needs_scorer and scorer is None:
+    if name in NEEDS_SCORER and scorer is None:
         raise ValueError(f"router {name!r} needs a scorer")
     check_tau(tau)
     check_rate(accept_rate)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from sdvg.io import append_jsonl
-from sdvg.seeding import derive_seed
+from sdvg.seeding import derive_seed, video_seed
 from sdvg.vae import fast_modules
 from sdvg.world import spec
 from sdvg.world.data import analytic_latents, clip_batch, scene_stream, videos
@@ -514,8 +514,7 @@ def write_strip(world, path: Path, prompt: str, seed: int, tau: float) -> str:
         f, tr = generate(world, prompt, mode, seed, scorer=world.critic, tau=tau)
         acc = [False] * len(tr.blocks) if mode == "target" else None
         if mode == "sdvg":
-            acc = [bool(bl.accepted) for bl in tr.blocks]
-            marks = "".join("-" if bl.accepted is None else "AR"[not bl.accepted] for bl in tr.blocks)
+            acc, marks = [bool(bl.accepted) for bl in tr.blocks], tr.marks
         rows.append((f"SDVG tau={tau:g}" if mode == "sdvg" else f"{mode}-only", f, acc))
     save_strip(rows, [block_frame_range(b) for b in range(world.video.num_blocks)], path, scale=2)
     return marks
@@ -582,8 +581,6 @@ def stage_card(run: Run) -> None:
 
     shipped = run.out.resolve() == WEIGHTS_DIR.resolve()
     strip = STRIP if shipped else run.out / STRIP.name
-    from sdvg.seeding import video_seed
-
     seed = video_seed(0, 0, 0)  # what `sdvg generate "PROMPT"` uses for its first video
     res["strip"] = {"prompt": STRIP_PROMPT, "seed": seed, "tau": taus[2],
                     "sdvg_blocks": write_strip(world, strip, STRIP_PROMPT, seed, taus[2])}
