@@ -23,9 +23,30 @@ def _row(name: str, r: dict) -> str:
     return f"| {name} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in keys) + " |"
 
 
+RESUMABLE = ("vae", "target")  # stages that resume from phase checkpoints in --work
+
+
 def _stage_seconds(weights: Path) -> dict[str, float]:
-    """Wall seconds per finished stage, from the run's train_log.jsonl (last run of each stage wins)."""
-    return {r["stage"]: r["done_s"] for r in read_jsonl(weights / "train_log.jsonl") if "done_s" in r}
+    """Wall seconds per finished stage, from the run's train_log.jsonl (last run of each stage wins). A stage that
+    resumed from a phase checkpoint logs only its last phases' time, so phases with step rows (vae, vae-sharpen,
+    target-refine, ...) are timed from their own last row (seconds per step x steps) and replace their stage's."""
+    rows = read_jsonl(weights / "train_log.jsonl")
+    out = {r["stage"]: r["done_s"] for r in rows if "done_s" in r}
+    first: dict[str, float] = {}
+    phases: dict[str, float] = {}
+    for r in rows:
+        if "step" not in r:
+            continue
+        if r["step"] == 0:
+            first[r["stage"]] = r["t"]
+        phases[r["stage"]] = (r["s_per_step"] * (r["step"] + 1) if "s_per_step" in r
+                              else r["t"] - first.get(r["stage"], r["t"]))
+    for stage in [s for s in out if s in RESUMABLE]:
+        mine = {k: v for k, v in phases.items() if k == stage or k.startswith(stage + "-")}
+        if mine:
+            del out[stage]
+            out.update(mine)
+    return out
 
 
 def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
@@ -38,6 +59,7 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
     threads = info.get("threads", 2)
     thread_s = f"{threads} thread" + ("s" if threads != 1 else "")
     stages = _stage_seconds(weights)
+    vq = next((r for r in reversed(read_jsonl(weights / "train_log.jsonl")) if "heldout_quality_decoded" in r), None)
     took = (f"It took {sum(stages.values()) / 60:.0f} min on {thread_s} of a shared 2-core CPU"
             + ("" if "card" in stages else ", plus this card's evaluation")
             + " (seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()) + ").")
@@ -61,22 +83,34 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "- Held-out prompts contain a colour+shape pair never seen in training (e.g. red triangle, green circle).",
         "",
         "## Models (all trained from scratch on rendered videos)",
-        f"- VAE: diffusers `AutoencoderKLWan`, {spec.VAE_KWARGS}. Latents are analytic 8-channel block features",
-        "  (see Limits), normalised by measured per-channel mean/scale stored as `latents_mean`/`latents_std` in its",
-        "  config (the Wan convention). The decoder is trained on them (L1+MSE, object pixels weighted 10x, latents",
-        "  jittered by 0.1 std), then the encoder regresses them. Decoded block by block by `sdvg.vae.StreamingDecoder`",
-        "  (its past-frame temporal taps are zero, so `sdvg.vae.fast_modules` runs its convs per frame, exactly).",
+        f"- VAE: diffusers `AutoencoderKLWan`, {spec.VAE_KWARGS}. The latent space is designed",
+        "  (`sdvg/world/data.py`): per 8x8 cell and latent frame, 14 channels = the truncated signed distance to the",
+        "  nearest object at the 2x2 sub-cell centres, at the last and at the first frame of the 4-frame window, the",
+        "  nearest object's colour and the background colour. A distance field is smooth where pixels have a sharp",
+        "  edge, so an averaged prediction still has one sharp zero crossing: the flow model's uncertainty turns into a",
+        "  slightly wrong shape, not a grey blur. Normalised by measured per-channel mean/scale (`latents_mean`/",
+        "  `latents_std`, the Wan convention). The decoder learns to render them in three phases (L1+MSE; sharpening:",
+        "  L1 with outlines weighted; robustness: colour channels perturbed so off-palette colours snap to the",
+        "  palette); the encoder learns to estimate them from pixels. Decoded block by block by",
+        "  `sdvg.vae.StreamingDecoder` (past-frame temporal taps held at zero: the window's own start and end fields",
+        "  carry the motion, and `sdvg.vae.fast_modules` runs the convs per frame, exactly).",
+        *([f"- VAE quality (evaluator, held-out videos): rendered {vq['heldout_quality_gt']}, their latents decoded "
+           f"{vq['heldout_quality_decoded']}, pixels encoded then decoded {vq['heldout_quality_encoded_decoded']}; "
+           f"the latent design's analytic reference decode (`reference_decode`) scores ~0.89."] if vq else []),
         f"- Text encoder: transformers `UMT5EncoderModel` (d_model {spec.TEXT_DIM}, 2 layers) with a word-level",
         f"  tokenizer of the grammar, {spec.TEXT_LEN} tokens, padding zeroed; trained jointly with the target, frozen after.",
         f"- Target: `WanDiT` {spec.TARGET.dim} wide, {spec.TARGET.num_layers} layers, {spec.TARGET.num_heads} heads "
         f"({c['params_target']:,} parameters).",
         f"- Drafter: `WanDiT` {spec.DRAFTER.dim} wide, {spec.DRAFTER.num_layers} layers, {spec.DRAFTER.num_heads} heads "
-        f"({c['params_drafter']:,} parameters), trained for fewer steps.",
-        "- DiT recipe: block-causal teacher forcing. For a random block b, clean blocks 0..b-1 at t=0 (as the",
-        "  append cache commits them) plus block b noised to one of the sampler's 4 timesteps (1000, 937.5, 833.3, 625),",
-        "  flow-matching loss on block b (x_t = (1-s) x0 + s eps, v = eps - x0); block 0 (made from text alone) half",
-        "  the time, the last sampler step half the time, latent pixels off the background weighted 5x, text/time",
-        "  embedding MLPs Xavier-initialised (the reference's std 0.02 is too slow for a CPU budget).",
+        f"({c['params_drafter']:,} parameters), on the frozen text encoder.",
+        "- DiT recipe: block-causal teacher forcing. For a random block b, blocks 0..b-1 at t=0 (as the append cache",
+        "  commits them) with a little noise (std up to 0.2, still labelled t=0: at inference the context is the",
+        "  model's own imperfect blocks) plus block b noised to one of the sampler's 4 timesteps (1000, 937.5, 833.3,",
+        "  625); flow-matching loss on block b (x_t = (1-s) x0 + s eps, v = eps - x0); block 0 (made from text alone)",
+        "  half the time, the last sampler step half the time, latent pixels off the background weighted 5x, text/time",
+        "  embedding MLPs Xavier-initialised (the reference's std 0.02 is too slow for a CPU budget). The target trains",
+        "  in two phases (lr 2e-3, then 5e-4 with its own warm-up and cosine). No distillation stage: with the",
+        "  distance-field latents the 4-step sampler's final x0 prediction (a conditional mean) is already sharp.",
         "  Both sample with sdvg's 4-step sampler",
         "  and block-causal KV cache. Weights: plain safetensors in the original Wan2.1 key naming.",
         "- Critic (router scorer, `sdvg/world/critic.py`): a FiLM CNN over one frame and the parsed prompt, trained to",
@@ -92,6 +126,11 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         f"- Forward cost ratio target/drafter: {c['flop_ratio']}x in multiply-adds per token "
         f"(Wan 14B : 1.3B is about 11x); measured wall time of one cached block forward on this CPU: "
         f"{c['ms_target']} ms vs {c['ms_drafter']} ms ({c['time_ratio']}x; tiny models are overhead-bound).",
+        *([f"- Per block, measured in one run ({thread_s}, medians over blocks 1-8 of 4 held-out videos): target "
+           f"{c['target_block_ms']} ms (4 steps + commit), drafter {c['drafter_block_ms']} ms "
+           f"({c['drafter_over_target']:.2f} of the target's), decode {c['decode_block_ms']} ms, critic "
+           f"{c['score_block_ms']} ms: target / (decode + critic) = {c['target_over_decode_score']}x (the real 14B "
+           f"pair: ~10 s vs well under 1 s)."] if "target_block_ms" in c else []),
         *([f"- Wall time per 9-block video on held-out prompts (median, {thread_s}, decode and"
            f" scoring included): target-only {m['wall_s']['target']} s, draft-only {m['wall_s']['draft']} s, SDVG at"
            f" the middle tau {m['wall_s']['sdvg']} s."] if "wall_s" in m else []),
@@ -134,17 +173,17 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  CPU kernels round differently from run to run and that compounds over training: the weights differ and",
         "  the metrics move, the critic's block Spearman most (a 2-thread run of this recipe measured 0.28 and",
         "  another 0.46).",
-        "- The VAE's latents are analytic (per 8x8 block and 4-frame window: mean RGB, luminance contrasts and their",
-        "  change; `sdvg/world/data.py`); only its decoder is learned (with the temporal taps on past frames held at",
-        "  zero), and its encoder is fitted to those latents afterwards. A Wan VAE trained end to end from scratch",
-        "  did not learn within a CPU budget. The latents are coarse, so even a perfect latent decodes to blurred",
-        "  shapes (the `vae` line of train_log.jsonl: evaluator quality of real videos through the VAE).",
+        "- The latents are designed, not learned end to end (a Wan VAE trained end to end from scratch did not learn",
+        "  within a CPU budget), and the decoder's edges are softer than the renderer's: real videos through the VAE",
+        "  score below the renderer (the VAE quality line above), and that caps every generator's score.",
         "- The critic sees one frame at a time (as ImageReward does), so it can only guess a block's motion and",
-        "  consistency from how its frames look. In this world routing by any scorer gains little over random",
-        "  routing at the same accept rate (even an oracle reading the evaluator's block quality gains 4-10%): the",
-        "  drafter's errors are mostly motion and drift, which the target repairs about equally wherever it",
-        "  regenerates a block (README, benchmark section).",
-        "- Absolute quality is modest (blurry, objects sometimes misplaced); the target/drafter gap is what matters.",
+        "  consistency from how its frames look. It ranks draft blocks (the Spearman above), but in `sdvg bench` it does",
+        "  not beat random routing at the same accept rate: the drafter is only ~10% worse than the target on average",
+        "  and its worst errors are motion (it barely bounces), which one frame cannot show (README, benchmark section).",
+        "- Cost: decode + critic are about half a target block here (Cost above), far from the real pair, so SDVG's",
+        "  wall-clock gain is small even where its DiT-only gain is 1.3-1.9x.",
+        "- Absolute quality is modest (soft edges, squares with rounded corners, colours of unseen colour+shape pairs",
+        "  sometimes off); the target/drafter gap is what matters.",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -41,36 +41,111 @@ def videos(stream, n: int, frames: int = REF_FRAMES) -> tuple[torch.Tensor, list
 
 
 # ---- latents ---------------------------------------------------------------------------------------------------
-# The world's latent space is analytic: per 8x8 pixel block and per latent frame (pixel frame 0, then windows of 4
-# frames, the Wan VAE's causal layout), 8 channels = mean RGB, the left/right and top/bottom luminance contrasts,
-# and the change over the window of the mean luminance and of the two contrasts. Only the VAE decoder is learned
-# (a Wan decoder from scratch learns this in minutes; a Wan encoder trained jointly from scratch on a CPU did not).
-LATENT_CHANNELS = ("r", "g", "b", "contrast_x", "contrast_y", "d_luma", "d_contrast_x", "d_contrast_y")
+# The world's latent space is designed: per 8x8 pixel cell and per latent frame (the Wan VAE's causal layout: pixel
+# frame 0, then windows of 4 frames), 14 channels =
+#   the signed distance to the nearest object (pixels, negative inside, truncated at +-SDF_CLIP) sampled at the 2x2
+#   sub-cell centres, at the window's last frame (4) and at its first frame (4): the motion within the window;
+#   the colour of the nearest object (3) and the background colour (3).
+# A distance field is smooth where the pixels have a sharp edge, so it interpolates: the mean of several plausible
+# fields (what a flow model predicts where it is unsure) is still a field with one sharp zero crossing, which decodes
+# to a sharp, if averaged, shape -- not the grey blur that averaged pixels give. The decoder renders the shape from
+# the field (alpha = clamp(0.5 - d)); the encoder learns to estimate the fields from pixels.
+LATENT_CHANNELS = ("d_end_00", "d_end_01", "d_end_10", "d_end_11", "d_start_00", "d_start_01", "d_start_10",
+                   "d_start_11", "obj_r", "obj_g", "obj_b", "bg_r", "bg_g", "bg_b")
+SDF_CLIP = 8.0  # pixels; farther from every object only the sign matters
 
 
-def _block_feats(w: torch.Tensor, s: int) -> torch.Tensor:
-    """w [B,3,n,H,W] (one window) -> [B,8,H/s,W/s]."""
-    B, _, n, H, W = w.shape
-    h, ww = H // s, W // s
-    lum = w.mean(1)  # [B,n,H,W]
-    q = lum.reshape(B, n, h, 2, s // 2, ww, 2, s // 2).mean((4, 7))  # [B,n,h,2,w,2] quadrant means
-    cx = (q[:, :, :, :, :, 1] - q[:, :, :, :, :, 0]).mean(3)  # right - left  [B,n,h,w]
-    cy = (q[:, :, :, 1] - q[:, :, :, 0]).mean(-1)  # bottom - top
-    l = lum.reshape(B, n, h, s, ww, s).mean((3, 5))
-    k = max(1, n // 2)
-
-    def delta(a: torch.Tensor) -> torch.Tensor:
-        return a[:, n - k:].mean(1) - a[:, :k].mean(1) if n > 1 else torch.zeros_like(a[:, 0])
-
-    rgb = w.mean(2).reshape(B, 3, h, s, ww, s).mean((3, 5))
-    return torch.cat([rgb, cx.mean(1, keepdim=True), cy.mean(1, keepdim=True), delta(l)[:, None],
-                      delta(cx)[:, None], delta(cy)[:, None]], 1)
+def window_frames(start_frame: int, n_latent: int, temporal: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(last, first) pixel frame of each latent frame of a clip that starts at `start_frame` (its frame 0 alone)."""
+    last = start_frame + temporal * np.arange(n_latent)
+    return last.astype(np.float64), np.maximum(start_frame, last - (temporal - 1)).astype(np.float64)
 
 
-def analytic_latents(x: torch.Tensor, temporal: int = 4, spatial: int = 8) -> torch.Tensor:
-    """Pixels [B,3,T,H,W] in [-1,1] with T = 1 + 4k -> raw (unnormalised) latents [B,8,1+k,H/8,W/8]."""
-    T = x.shape[2]
-    if (T - 1) % temporal:
-        raise ValueError(f"need 1 + {temporal}k frames, got {T}")
-    wins = [x[:, :, :1]] + [x[:, :, 1 + temporal * i:1 + temporal * (i + 1)] for i in range((T - 1) // temporal)]
-    return torch.stack([_block_feats(w, spatial) for w in wins], 2)
+def _fields(scene: Scene, jitters, t: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance [T, size/4, size/4] at sub-cell centres (4 px apart) and nearest-object colour [T, 3, size/8, size/8]."""
+    from sdvg.world.grammar import SIZES
+    from sdvg.world.render import colour_track, shape_sdf, trajectory
+
+    n = len(scene.objects)
+    g = torch.arange(size // 4, dtype=torch.float32) * 4 + 2.0
+    ys, xs = torch.meshgrid(g, g, indexing="ij")
+    d, cols = [], []
+    for i, o in enumerate(scene.objects):
+        c = torch.from_numpy(trajectory(o, i, n, t, jitters[i], size)).float()
+        d.append(shape_sdf(o.shape, SIZES[o.size] * size / 64, xs - c[:, 0, None, None], ys - c[:, 1, None, None]))
+        cols.append(torch.from_numpy(colour_track(o, t, jitters[i])).float())
+    d = torch.stack(d)  # [K,T,h,w]
+    centre = d.reshape(n, len(t), size // 8, 2, size // 8, 2).mean((3, 5))  # cell-centre estimate per object
+    near = centre.argmin(0)  # [T,h8,w8]
+    col = torch.stack(cols)  # [K,T,3]
+    obj = torch.gather(col.permute(1, 0, 2), 1, near.flatten(1)[..., None].expand(-1, -1, 3))  # [T,h8*w8,3]
+    return d.min(0).values, obj.permute(0, 2, 1).reshape(len(t), 3, size // 8, size // 8)
+
+
+def _space_to_depth(d: torch.Tensor) -> torch.Tensor:
+    """[T, 2h, 2w] -> [4, T, h, w] (sub-cell (0,0), (0,1), (1,0), (1,1))."""
+    T, H, W = d.shape
+    return d.reshape(T, H // 2, 2, W // 2, 2).permute(2, 4, 0, 1, 3).reshape(4, T, H // 2, W // 2)
+
+
+def scene_latents(scene: Scene, jitters, start_frame: int = 0, n_latent: int = 27, size: int = 64) -> torch.Tensor:
+    """Raw (unnormalised) latents [14, n_latent, size/8, size/8] of the clip that starts at `start_frame`, computed
+    from the scene and its render jitters (the renderer's ground truth; the VAE encoder estimates them from pixels)."""
+    from sdvg.world.grammar import COLOURS
+
+    last, first = window_frames(start_frame, n_latent)
+    d_end, obj = _fields(scene, jitters, last, size)
+    d_start, _ = _fields(scene, jitters, first, size)
+    clip = lambda d: _space_to_depth(d.clamp(-SDF_CLIP, SDF_CLIP) / SDF_CLIP)  # noqa: E731
+    bg = torch.tensor(COLOURS[scene.background]).view(3, 1, 1, 1).expand(3, n_latent, size // 8, size // 8)
+    return torch.cat([clip(d_end), clip(d_start), obj.permute(1, 0, 2, 3) * 2 - 1, bg * 2 - 1])
+
+
+def clip_pairs(stream, batch: int, n_latent: int, rng: np.random.Generator, aligned: bool = False):
+    """(pixels [B,3,1+4(n-1),64,64] in [-1,1], raw latents [B,14,n,8,8]) of clips from random start frames."""
+    from sdvg.world.render import REF_FRAMES, render
+
+    xs, zs = [], []
+    frames = 1 + 4 * (n_latent - 1)
+    for _ in range(batch):
+        scene, s = next(stream)
+        start = int(rng.integers(0, REF_FRAMES - frames + 1))
+        f, info = render(scene, frames, seed=s, start_frame=start)
+        xs.append(f.permute(1, 0, 2, 3) * 2 - 1)
+        zs.append(scene_latents(scene, info.jitters, start, n_latent))
+    return torch.stack(xs), torch.stack(zs)
+
+
+def video_latents(stream, n: int) -> tuple[torch.Tensor, list[Scene], list[int]]:
+    """n full-length videos' raw latents [n,14,27,8,8], scenes, render seeds (no pixels rendered)."""
+    from sdvg.world.render import Jitter
+
+    zs, scenes, seeds = [], [], []
+    for _ in range(n):
+        scene, s = next(stream)
+        rng = np.random.default_rng(s)
+        jit = tuple(Jitter.draw(rng) for _ in scene.objects)
+        zs.append(scene_latents(scene, jit))
+        scenes.append(scene)
+        seeds.append(s)
+    return torch.stack(zs), scenes, seeds
+
+
+def reference_decode(z: torch.Tensor, first: bool = True) -> torch.Tensor:
+    """The latent design's meaning, written out: raw latents [14, n, h, w] -> frames [1 + 4(n-1), 3, 8h, 8w] in
+    [0, 1] (or 4n frames when `first` is False). Distances are interpolated linearly in time across the window and
+    bilinearly in space, then thresholded (alpha = clamp(0.5 - d)) and coloured. The trained Wan decoder learns this
+    map and does better at corners; the tests use it to check that the latents carry the video."""
+    import torch.nn.functional as F
+
+    C, n, h, w = z.shape
+    out = []
+    for i in range(n):
+        for a in ([1.0] if first and i == 0 else [0.0, 1 / 3, 2 / 3, 1.0]):
+            d = (a * z[0:4, i] + (1 - a) * z[4:8, i]).reshape(2, 2, h, w).permute(2, 0, 3, 1).reshape(2 * h, 2 * w)
+            d = F.interpolate(d[None, None] * SDF_CLIP, scale_factor=4, mode="bilinear", align_corners=False)[0]
+            alpha = (0.5 - d).clamp(0, 1)
+            obj = F.interpolate((z[8:11, i:i + 1].permute(1, 0, 2, 3) + 1) / 2, scale_factor=8, mode="nearest")[0]
+            bg = (z[11:14, i].mean((1, 2)) + 1).view(3, 1, 1) / 2
+            out.append(bg * (1 - alpha) + obj * alpha)
+    return torch.stack(out).clamp(0, 1)
