@@ -67,6 +67,10 @@ class StreamingDecoder:
     def dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
 
+    def encoder(self) -> "StreamingEncoder":
+        """A streaming encoder over the same VAE and latent statistics (its own cache)."""
+        return StreamingEncoder(self.vae, self._mean.flatten().tolist(), self._std.flatten().tolist())
+
     def fork(self) -> "StreamingDecoder":
         """A decoder over the same VAE weights with its own streaming state (one per pipeline, so two pipelines
         over one model set never share a decode cache)."""
@@ -113,6 +117,58 @@ class StreamingDecoder:
 
     def restore(self, state: DecodeState) -> None:
         self._cache, self._first, self.frames = list(state.cache), state.first_chunk, state.frames
+
+
+class StreamingEncoder:
+    """Encode a video block by block with the Wan encoder's causal cache: pixels in, normalised latents out.
+
+    The counterpart of `StreamingDecoder` (same input/output conventions, reversed): the first call takes 1 + 4k
+    frames (the first frame encodes alone, as in `AutoencoderKLWan._encode`), later calls 4k frames; each 4-frame
+    window gives one latent frame, identical to encoding the whole video at once. The posterior mean is returned,
+    normalised by the VAE's latent statistics, ready for a DiT (what the recompute cache policy needs to turn
+    decoded frames back into context). `snapshot`/`restore` work as the decoder's do.
+    """
+
+    def __init__(self, vae, latents_mean, latents_std) -> None:
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+        self.vae = vae.eval().requires_grad_(False)
+        self._mean = torch.tensor(latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self._std = torch.tensor(latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self._num_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.encoder.modules())
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new video."""
+        self._cache: list = [None] * self._num_convs
+        self.frames = 0  # pixel frames encoded so far
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [T, 3, H, W] in [0, 1] -> latents [1, C, f, h, w] (normalised; f = T // 4, plus 1 on the first call)."""
+        if frames.dim() != 4 or frames.shape[1] != 3:
+            raise ValueError(f"expected frames [T, 3, H, W], got {tuple(frames.shape)}")
+        T, first = frames.shape[0], self.frames == 0
+        if (T - 1 if first else T) % 4 or T == 0:
+            raise ValueError(f"the Wan encoder takes 1 + 4k frames first, then 4k frames per call; got {T} frames "
+                             f"({'first' if first else 'a later'} call)")
+        p = next(self.vae.parameters())
+        x = (frames.to(p.device, p.dtype) * 2.0 - 1.0).permute(1, 0, 2, 3)[None]
+        if self.vae.config.patch_size is not None:
+            from diffusers.models.autoencoders.autoencoder_kl_wan import patchify
+
+            x = patchify(x, patch_size=self.vae.config.patch_size)
+        chunks = ([x[:, :, :1]] if first else []) + list(x[:, :, 1 if first else 0:].split(4, dim=2))
+        out = torch.cat([self.vae.encoder(c, feat_cache=self._cache, feat_idx=[0]) for c in chunks], 2)
+        self.frames += T
+        mu = self.vae.quant_conv(out)[:, :self.vae.config.z_dim].float()
+        return (mu - self._mean.to(mu.device)) / self._std.to(mu.device)
+
+    def snapshot(self) -> tuple:
+        return tuple(self._cache), self.frames
+
+    def restore(self, state: tuple) -> None:
+        self._cache, self.frames = list(state[0]), state[1]
 
 
 # ---------------------------------------------------------------- exact faster modules

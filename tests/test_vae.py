@@ -156,3 +156,29 @@ def test_load_errors(tmp_path, vae):
         load_wan_vae(tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="latents"):
         StreamingDecoder(vae, [0.0] * 16, [1.0] * 16)
+
+
+def test_streaming_encode_equals_whole_video_encode(vae, stats):
+    """Block-by-block encode (1 + 8 frames, then 4, then 8) equals diffusers' whole-video encode (posterior mean,
+    normalised); a snapshot/restore replays a block exactly; bad frame counts fail early with the rule."""
+    from sdvg.vae import StreamingEncoder
+
+    mean, std = stats
+    frames = torch.rand(21, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = vae.encode(frames.permute(1, 0, 2, 3)[None] * 2 - 1).latent_dist.mean
+    ref = (ref - torch.tensor(mean).view(1, -1, 1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1, 1)
+    enc = StreamingDecoder(make_vae(), mean, std).encoder()
+    assert isinstance(enc, StreamingEncoder)
+    parts = [enc.encode(frames[:9])]
+    snap = enc.snapshot()
+    parts.append(enc.encode(frames[9:13]))
+    enc.restore(snap)
+    parts[-1] = enc.encode(frames[9:13])
+    parts.append(enc.encode(frames[13:21]))
+    out = torch.cat(parts, 2)
+    assert out.shape == ref.shape == (1, Z, 6, 4, 4)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    enc.reset()
+    with pytest.raises(ValueError, match="1 \\+ 4k frames first"):
+        enc.encode(frames[:4])
