@@ -260,9 +260,25 @@ def _iter_tensors(src: _Source, keys: list[str] | None = None) -> Iterator[tuple
 
 
 # ---------------------------------------------------------------- presets and configs from shapes
-def infer_dit_config(shapes: dict[str, tuple[int, ...]], config: dict | None = None) -> DiTConfig | None:
-    """The DiTConfig a set of original-naming shapes implies (heads from a matching preset, a diffusers config or
-    head_dim 128 as in every Wan2.1 size)."""
+def dit_heads(dim: int, config: dict | None = None, num_heads: int | None = None) -> tuple[int, str | None]:
+    """Attention heads of a DiT of width `dim` (the weights' shapes do not hold them) and, when guessed, why:
+    an explicit `num_heads`, else a diffusers config.json, else a preset of that width, else head_dim 128 (every
+    Wan2.1 size) -- a guess that is wrong for small custom models."""
+    if num_heads:
+        return num_heads, None
+    if config and "num_attention_heads" in config:
+        return config["num_attention_heads"], None
+    for name, cfg in DIT_PRESETS.items():
+        if cfg.dim == dim:
+            return cfg.num_heads, f"num_heads={cfg.num_heads} (from preset {name}, which has this width)"
+    heads = max(1, dim // 128)
+    return heads, f"num_heads={heads} (head_dim 128, as in Wan2.1; no config.json or preset says)"
+
+
+def infer_dit_config(shapes: dict[str, tuple[int, ...]], config: dict | None = None,
+                     num_heads: int | None = None, text_len: int | None = None) -> DiTConfig | None:
+    """The DiTConfig a set of original-naming shapes implies (heads: see `dit_heads`; text_len: given, else the
+    DiTConfig default, 512 as in Wan2.1)."""
     try:
         pe = shapes["patch_embedding.weight"]
         dim, in_dim, patch = pe[0], pe[1], tuple(pe[2:])
@@ -273,16 +289,11 @@ def infer_dit_config(shapes: dict[str, tuple[int, ...]], config: dict | None = N
         out_dim = shapes["head.head.weight"][0] // math.prod(patch)
     except (KeyError, ValueError, IndexError):
         return None
-    heads = None
-    for cfg in DIT_PRESETS.values():
-        if cfg.dim == dim:
-            heads = cfg.num_heads
-    if config and "num_attention_heads" in config:
-        heads = config["num_attention_heads"]
-    heads = heads or max(1, dim // 128)
+    heads, _ = dit_heads(dim, config, num_heads)
     try:
         return DiTConfig(dim=dim, ffn_dim=ffn, num_heads=heads, num_layers=layers, in_dim=in_dim, out_dim=out_dim,
                          text_dim=text_dim, freq_dim=freq, patch_size=patch,
+                         **({"text_len": text_len} if text_len else {}),
                          qk_norm="blocks.0.self_attn.norm_q.weight" in shapes,
                          cross_attn_norm="blocks.0.norm3.weight" in shapes)
     except ValueError:
@@ -325,25 +336,33 @@ class CheckpointInfo:
     variant: str | None = None
     sharded: bool = False
     config: DiTConfig | None = None
+    guessed: tuple[str, ...] = ()  # config values the file does not hold, and how they were chosen
 
 
-def detect_format(path: str | Path, ema: bool = True) -> CheckpointInfo:
+def detect_format(path: str | Path, ema: bool = True, num_heads: int | None = None,
+                  text_len: int | None = None) -> CheckpointInfo:
     """Identify a checkpoint from headers only (safetensors JSON header, or a memory-mapped .pt)."""
     src = _open(path, ema)
-    return _info(path, src)
+    return _info(path, src, num_heads, text_len)
 
 
-def _info(path, src: _Source) -> CheckpointInfo:
+def _info(path, src: _Source, num_heads: int | None = None, text_len: int | None = None) -> CheckpointInfo:
     kind = {"original": "dit", "diffusers": "dit", "vae-original": "vae", "vae-diffusers": "vae",
             "imagereward": "imagereward"}.get(src.naming, "unknown")
-    cfg = infer_dit_config({_to_original(src, k): s for k, (s, _) in src.shapes.items()}, src.config) \
-        if kind == "dit" else None
+    cfg = infer_dit_config({_to_original(src, k): s for k, (s, _) in src.shapes.items()}, src.config, num_heads,
+                           text_len) if kind == "dit" else None
+    guessed: tuple[str, ...] = ()
+    if cfg is not None:
+        why = dit_heads(cfg.dim, src.config, num_heads)[1]
+        guessed = ((why + "; set it with --num-heads",) if why else ()) + (() if text_len else (
+            f"text_len={cfg.text_len} (the Wan default; not stored in the weights; set it with --text-len)",))
     return CheckpointInfo(path=str(path), format=src.fmt if src.naming != "unknown" else "unknown", kind=kind,
                           preset=match_preset(cfg), num_tensors=len(src.shapes),
                           num_params=sum(math.prod(s) for s, _ in src.shapes.values()),
                           dtypes=dict(Counter(str(d).replace("torch.", "") for _, d in src.shapes.values())),
                           variants=src.variants, variant=src.variant,
-                          sharded=any(f.name.endswith(".index.json") for f in src.files), config=cfg)
+                          sharded=any(f.name.endswith(".index.json") for f in src.files), config=cfg,
+                          guessed=guessed)
 
 
 def load_state_dict_any(path: str | Path, ema: bool = True) -> dict[str, torch.Tensor]:
@@ -510,10 +529,11 @@ class InspectReport:
     message: str
 
 
-def inspect_checkpoint(path: str | Path, preset: str | None = None, ema: bool = True) -> InspectReport:
-    """Identify a file and try a strict (shape-only) load onto a meta-device model."""
+def inspect_checkpoint(path: str | Path, preset: str | None = None, ema: bool = True,
+                       num_heads: int | None = None, text_len: int | None = None) -> InspectReport:
+    """Identify a file and try a strict (shape-only) load onto a meta-device model (`num_heads`: see `dit_heads`)."""
     src = _open(path, ema)
-    info = _info(path, src)
+    info = _info(path, src, num_heads, text_len)
     found = {_to_original(src, k): s for k, (s, _) in src.shapes.items()}
     try:
         if info.kind == "dit":
@@ -522,6 +542,10 @@ def inspect_checkpoint(path: str | Path, preset: str | None = None, ema: bool = 
             cfg = dit_preset(preset) if preset else (DIT_PRESETS[info.preset] if info.preset else info.config)
             if cfg is None:
                 raise ValueError(f"{path}: cannot infer a DiT config; pass --preset")
+            if num_heads or text_len:
+                from dataclasses import replace
+
+                cfg = replace(cfg, num_heads=num_heads or cfg.num_heads, text_len=text_len or cfg.text_len)
             check_keys(path, _expected_dit(cfg), found, hint=f"This is {_describe(info.config)}")
             return InspectReport(info, True, f"strict load onto WanDiT({preset or info.preset or 'inferred'}): ok")
         if info.kind == "vae":
@@ -546,7 +570,8 @@ def format_report(r: InspectReport) -> str:
     if i.kind == "dit":
         c = i.config
         lines.append(f"preset:    {i.preset or 'none matches'}" + (
-            f" (dim {c.dim}, {c.num_layers} blocks, ffn {c.ffn_dim})" if c else ""))
+            f" (dim {c.dim}, {c.num_layers} blocks, ffn {c.ffn_dim}, {c.num_heads} heads)" if c else ""))
+        lines += [f"guessed:   {g}" for g in i.guessed]
     lines += [f"tensors:   {i.num_tensors}", f"params:    {i.num_params:,}",
               f"dtypes:    {', '.join(f'{k} x{v}' for k, v in sorted(i.dtypes.items()))}",
               f"check:     {'OK' if r.ok else 'FAILED'}: {r.message}"]
@@ -561,13 +586,19 @@ def inspect_main(argv: list[str] | None = None) -> int:
     ap.add_argument("path")
     ap.add_argument("--preset", help="DiT preset to check against (default: the one the shapes match)")
     ap.add_argument("--no-ema", action="store_true", help="Self-Forcing .pt: check 'generator' not 'generator_ema'")
+    ap.add_argument("--num-heads", type=int, default=None,
+                    help="DiT attention heads (not stored in the weights; guessed from a preset of the same width or "
+                         "head_dim 128 otherwise)")
+    ap.add_argument("--text-len", type=int, default=None, help="text tokens the DiT was trained with (not stored in "
+                    "the weights; default 512 as in Wan2.1)")
     a = ap.parse_args(argv)
-    r = inspect_checkpoint(a.path, a.preset, ema=not a.no_ema)
+    r = inspect_checkpoint(a.path, a.preset, ema=not a.no_ema, num_heads=a.num_heads, text_len=a.text_len)
     print(format_report(r), file=sys.stdout if r.ok else sys.stderr)
     return 0 if r.ok else 1
 
 
 __all__ = ["CheckpointInfo", "InspectReport", "detect_format", "load_dit", "load_state_dict_any", "save_dit",
            "inspect_checkpoint", "format_report", "inspect_main", "dit_key_to_diffusers", "dit_key_to_original",
-           "vae_key_to_diffusers", "vae_key_to_original", "vae_num_res_blocks", "infer_dit_config", "match_preset",
+           "vae_key_to_diffusers", "vae_key_to_original", "vae_num_res_blocks", "infer_dit_config", "dit_heads",
+           "match_preset",
            "check_keys", "params_on_meta", "safetensors_header", "load_torch_file"]

@@ -201,3 +201,22 @@ def test_inspect_reads_only_the_header_of_a_14b_file(tmp_path, capsys):
     r = inspect_checkpoint(path, preset="wan2.1-1.3b")
     assert not r.ok and "14B checkpoint" in r.message and "wan2.1-14b" in r.message
     assert "FAILED" in format_report(r)
+
+
+def test_inspect_says_what_it_guessed_and_takes_the_heads(tmp_path, capsys):
+    """A small custom DiT (width 64: no preset, no config.json): its head count is not in the weights, so inspect
+    prints it as guessed (head_dim 128 gives 1) with the flag that sets it, and --num-heads is used."""
+    from dataclasses import replace
+
+    cfg = replace(dit_preset("tiny"), dim=64, num_heads=4, ffn_dim=128)
+    path = tmp_path / "custom.safetensors"
+    save_dit(WanDiT(cfg), path, fmt="original")
+    assert inspect_main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 heads" in out and "guessed:   num_heads=1 (head_dim 128" in out and "--num-heads" in out
+    assert "guessed:   text_len=" in out
+    assert inspect_main([str(path), "--num-heads", "4", "--text-len", str(cfg.text_len)]) == 0
+    out = capsys.readouterr().out
+    assert "4 heads" in out and "guessed" not in out
+    shapes = {k: tuple(v.shape) for k, v in WanDiT(cfg).state_dict().items()}
+    assert infer_dit_config(shapes, num_heads=4, text_len=cfg.text_len) == cfg
