@@ -48,7 +48,7 @@ def main() -> None:
     m = load_world_models()
     prompts = list(m.prompts)[: args.prompts]
     routers = [(f"critic tau={t}", lambda t=t: m.pipeline(tau=t).router) for t in m.default_taus[1:4]]
-    routers += [(f"oracle q>={t}", lambda t=t: OracleRouter(t)) for t in (0.1, 0.15, 0.2)]
+    routers += [(f"oracle q>={t}", lambda t=t: OracleRouter(t)) for t in (0.3, 0.4, 0.5)]
     pipe = m.pipeline()
     print(f"{len(prompts)} held-out prompts, one seed each; quality = world evaluator, mean over videos")
     print(f"{'router':>18} {'accept':>7} {'quality':>8} {'random':>8} {'gain':>7}")
