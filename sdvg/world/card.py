@@ -26,11 +26,10 @@ def _row(name: str, r: dict) -> str:
 RESUMABLE = ("vae", "target")  # stages that resume from phase checkpoints in --work
 
 
-def _stage_seconds(weights: Path) -> dict[str, float]:
+def _stage_seconds(rows: list[dict]) -> dict[str, float]:
     """Wall seconds per finished stage, from the run's train_log.jsonl (last run of each stage wins). A stage that
     resumed from a phase checkpoint logs only its last phases' time, so phases with step rows (vae, vae-sharpen,
     target-refine, ...) are timed from their own last row (seconds per step x steps) and replace their stage's."""
-    rows = read_jsonl(weights / "train_log.jsonl")
     out = {r["stage"]: r["done_s"] for r in rows if "done_s" in r}
     first: dict[str, float] = {}
     phases: dict[str, float] = {}
@@ -58,8 +57,9 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
     sd = ho.get("sdvg", {})
     threads = info.get("threads", 2)
     thread_s = f"{threads} thread" + ("s" if threads != 1 else "")
-    stages = _stage_seconds(weights)
-    vq = next((r for r in reversed(read_jsonl(weights / "train_log.jsonl")) if "heldout_quality_decoded" in r), None)
+    log = read_jsonl(weights / "train_log.jsonl")
+    stages = _stage_seconds(log)
+    vq = next((r for r in reversed(log) if "heldout_quality_decoded" in r), None)
     took = (f"It took {sum(stages.values()) / 60:.0f} min on {thread_s} of a shared 2-core CPU"
             + ("" if "card" in stages else ", plus this card's evaluation")
             + " (seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()) + ").")

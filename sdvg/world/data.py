@@ -1,4 +1,4 @@
-"""Training data for the world: random scenes rendered on the fly, and their VAE latents."""
+"""Training data for the world: random scenes, rendered clips and their designed VAE latents."""
 from __future__ import annotations
 
 import random
@@ -6,8 +6,8 @@ import random
 import numpy as np
 import torch
 
-from sdvg.world.grammar import Scene, random_scene
-from sdvg.world.render import REF_FRAMES, render
+from sdvg.world.grammar import COLOURS, SIZES, Scene, random_scene
+from sdvg.world.render import REF_FRAMES, colour_track, draw_jitters, render, shape_sdf, trajectory
 
 
 def scene_stream(seed: int, heldout: bool = False, p_two: float = 0.15, p_turn: float = 0.15):
@@ -15,29 +15,6 @@ def scene_stream(seed: int, heldout: bool = False, p_two: float = 0.15, p_turn: 
     rng = random.Random(seed)
     while True:
         yield random_scene(rng, heldout, p_two, p_turn), rng.randrange(2**31)
-
-
-def clip_batch(stream, batch: int, frames: int, rng: np.random.Generator) -> torch.Tensor:
-    """[B, 3, frames, 64, 64] in [-1, 1] (the VAE's range), each from a random start frame of a random scene."""
-    out = []
-    for _ in range(batch):
-        scene, s = next(stream)
-        start = int(rng.integers(0, REF_FRAMES - frames + 1))
-        f, _ = render(scene, frames, seed=s, start_frame=start)
-        out.append(f.permute(1, 0, 2, 3))
-    return torch.stack(out) * 2 - 1
-
-
-def videos(stream, n: int, frames: int = REF_FRAMES) -> tuple[torch.Tensor, list[Scene], list[int]]:
-    """n full videos [n, 3, T, 64, 64] in [-1, 1] with their scenes and render seeds."""
-    vids, scenes, seeds = [], [], []
-    for _ in range(n):
-        scene, s = next(stream)
-        f, _ = render(scene, frames, seed=s)
-        vids.append(f.permute(1, 0, 2, 3) * 2 - 1)
-        scenes.append(scene)
-        seeds.append(s)
-    return torch.stack(vids), scenes, seeds
 
 
 # ---- latents ---------------------------------------------------------------------------------------------------
@@ -63,9 +40,6 @@ def window_frames(start_frame: int, n_latent: int, temporal: int = 4) -> tuple[n
 
 def _fields(scene: Scene, jitters, t: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Distance [T, size/4, size/4] at sub-cell centres (4 px apart) and nearest-object colour [T, 3, size/8, size/8]."""
-    from sdvg.world.grammar import SIZES
-    from sdvg.world.render import colour_track, shape_sdf, trajectory
-
     n = len(scene.objects)
     g = torch.arange(size // 4, dtype=torch.float32) * 4 + 2.0
     ys, xs = torch.meshgrid(g, g, indexing="ij")
@@ -91,8 +65,6 @@ def _space_to_depth(d: torch.Tensor) -> torch.Tensor:
 def scene_latents(scene: Scene, jitters, start_frame: int = 0, n_latent: int = 27, size: int = 64) -> torch.Tensor:
     """Raw (unnormalised) latents [14, n_latent, size/8, size/8] of the clip that starts at `start_frame`, computed
     from the scene and its render jitters (the renderer's ground truth; the VAE encoder estimates them from pixels)."""
-    from sdvg.world.grammar import COLOURS
-
     last, first = window_frames(start_frame, n_latent)
     d_end, obj = _fields(scene, jitters, last, size)
     d_start, _ = _fields(scene, jitters, first, size)
@@ -101,10 +73,8 @@ def scene_latents(scene: Scene, jitters, start_frame: int = 0, n_latent: int = 2
     return torch.cat([clip(d_end), clip(d_start), obj.permute(1, 0, 2, 3) * 2 - 1, bg * 2 - 1])
 
 
-def clip_pairs(stream, batch: int, n_latent: int, rng: np.random.Generator, aligned: bool = False):
+def clip_pairs(stream, batch: int, n_latent: int, rng: np.random.Generator):
     """(pixels [B,3,1+4(n-1),64,64] in [-1,1], raw latents [B,14,n,8,8]) of clips from random start frames."""
-    from sdvg.world.render import REF_FRAMES, render
-
     xs, zs = [], []
     frames = 1 + 4 * (n_latent - 1)
     for _ in range(batch):
@@ -118,14 +88,10 @@ def clip_pairs(stream, batch: int, n_latent: int, rng: np.random.Generator, alig
 
 def video_latents(stream, n: int) -> tuple[torch.Tensor, list[Scene], list[int]]:
     """n full-length videos' raw latents [n,14,27,8,8], scenes, render seeds (no pixels rendered)."""
-    from sdvg.world.render import Jitter
-
     zs, scenes, seeds = [], [], []
     for _ in range(n):
         scene, s = next(stream)
-        rng = np.random.default_rng(s)
-        jit = tuple(Jitter.draw(rng) for _ in scene.objects)
-        zs.append(scene_latents(scene, jit))
+        zs.append(scene_latents(scene, draw_jitters(len(scene.objects), s)))
         scenes.append(scene)
         seeds.append(s)
     return torch.stack(zs), scenes, seeds

@@ -134,6 +134,12 @@ class RenderInfo:
     jitters: tuple[Jitter, ...]
 
 
+def draw_jitters(n_objects: int, seed: int | None) -> tuple[Jitter, ...]:
+    """The jitters `render(..., seed=seed)` uses (seed None: none, the nominal video)."""
+    rng = np.random.default_rng(seed) if seed is not None else None
+    return tuple(Jitter.draw(rng) if rng is not None else Jitter() for _ in range(n_objects))
+
+
 def render(scene: Scene | str, num_frames: int, seed: int | None = 0, start_frame: int = 0, size: int = 64,
            jitters: tuple[Jitter, ...] | None = None) -> tuple[torch.Tensor, RenderInfo]:
     """Render frames [start_frame, start_frame + num_frames) -> (frames [T,3,H,W] float32 in [0,1], RenderInfo).
@@ -144,8 +150,7 @@ def render(scene: Scene | str, num_frames: int, seed: int | None = 0, start_fram
         scene = parse(scene)
     n = len(scene.objects)
     if jitters is None:
-        rng = np.random.default_rng(seed) if seed is not None else None
-        jitters = tuple(Jitter.draw(rng) if rng is not None else Jitter() for _ in range(n))
+        jitters = draw_jitters(n, seed)
     t = np.arange(start_frame, start_frame + num_frames, dtype=np.float64)
     ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32) + 0.5,
                             torch.arange(size, dtype=torch.float32) + 0.5, indexing="ij")

@@ -49,8 +49,8 @@ class Budget:
     eval_prompts: int = 12
 
 
-QUICK = Budget(vae_steps=4, vae_sharpen_steps=2, vae_robust_steps=2, encoder_steps=2, videos=6, target_steps=3, target_refine_steps=2, drafter_steps=2, dit_batch=2, critic_rollouts=2,
-               critic_steps=3, eval_prompts=2)
+QUICK = Budget(vae_steps=4, vae_sharpen_steps=2, vae_robust_steps=2, encoder_steps=2, videos=6, target_steps=3,
+               target_refine_steps=2, drafter_steps=2, dit_batch=2, critic_rollouts=2, critic_steps=3, eval_prompts=2)
 
 
 class Run:
@@ -83,6 +83,8 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 20) -> float:
 
 # ---- stage: vae ------------------------------------------------------------------------------------------------
 VAE_LR = 3e-4
+
+
 def build_vae():
     from diffusers import AutoencoderKLWan
 
