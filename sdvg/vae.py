@@ -13,6 +13,13 @@ which is what lets the speculative loop decode a draft and roll the decode state
 Speed: after the video's first latent frame, a whole block goes through the decoder in one call (every causal conv
 already takes a multi-frame chunk plus its cached frames), and `fast_modules` swaps in exact faster equivalents of two
 modules that are slow on CPU. Both are identical to diffusers' frame-by-frame decode to fp32 round-off (tested).
+
+Decoder rules. `rule="wan"` (default) is upstream Wan / diffusers. `rule="krea"` is Krea Realtime's streaming decoder,
+which decodes one latent frame per call and differs in one place: where a one-frame chunk reaches a temporal upsampler
+(`upsample3d`'s time conv; with one latent frame per call, the first upsampler only), its cache becomes
+`[where(prev == 0, 0, cur), cur]` (prev: the last cached frame, cur: the frame just seen) instead of upstream's
+`[prev, cur]`. From the fourth latent frame on, its pixels differ from
+upstream's (the Krea preset selects it; see `DECODER_RULES`).
 """
 from __future__ import annotations
 
@@ -42,12 +49,19 @@ class DecodeState:
     frames: int
 
 
+DECODER_RULES = ("wan", "krea")
+
+
 class StreamingDecoder:
     """Decode a Wan latent video block by block with an explicit causal cache (see module docstring)."""
 
-    def __init__(self, vae, latents_mean, latents_std, fast: bool = True) -> None:
+    def __init__(self, vae, latents_mean, latents_std, fast: bool = True, rule: str = "wan") -> None:
         from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
+        if rule not in DECODER_RULES:
+            raise ValueError(f"unknown decoder rule {rule!r}; choose one of {', '.join(DECODER_RULES)}")
+        self.rule = rule
+        self._upsample_slots: tuple[int, ...] | None = None  # cache slots of the temporal upsamplers (krea rule)
         if len(latents_mean) != vae.config.z_dim or len(latents_std) != vae.config.z_dim:
             raise ValueError(f"latents_mean/std need {vae.config.z_dim} channels, got {len(latents_mean)}/"
                              f"{len(latents_std)}")
@@ -71,12 +85,15 @@ class StreamingDecoder:
         """A streaming encoder over the same VAE and latent statistics (its own cache)."""
         return StreamingEncoder(self.vae, self._mean.flatten().tolist(), self._std.flatten().tolist())
 
-    def fork(self) -> "StreamingDecoder":
+    def fork(self, rule: str | None = None) -> "StreamingDecoder":
         """A decoder over the same VAE weights with its own streaming state (one per pipeline, so two pipelines
-        over one model set never share a decode cache)."""
+        over one model set never share a decode cache); `rule` switches the decoder rule of the copy."""
         import copy
 
+        if rule is not None and rule not in DECODER_RULES:
+            raise ValueError(f"unknown decoder rule {rule!r}; choose one of {', '.join(DECODER_RULES)}")
         d = copy.copy(self)
+        d.rule = rule or self.rule
         d.reset()
         return d
 
@@ -94,13 +111,22 @@ class StreamingDecoder:
         z = latents.float() * self._std.to(latents.device) + self._mean.to(latents.device)
         x = self.vae.post_quant_conv(z.to(self.device, self.dtype))
         # The first latent frame decodes alone (to 1 frame); the rest in one chunk, except for Wan2.2's residual
-        # up-blocks, whose `first_chunk` logic assumes one latent frame per call.
-        chunk = 1 if self.vae.config.is_residual else x.shape[2]
+        # up-blocks, whose `first_chunk` logic assumes one latent frame per call, and for Krea's rule (frame by frame).
+        krea = self.rule == "krea"
+        chunk = 1 if (self.vae.config.is_residual or krea) else x.shape[2]
+        slots = self._krea_slots() if krea else ()
         outs, i = [], 0
         while i < x.shape[2]:
             n = 1 if self._first else min(chunk, x.shape[2] - i)
+            before = [self._cache[j] for j in slots]
             outs.append(self.vae.decoder(x[:, :, i:i + n], feat_cache=self._cache, feat_idx=[0],
                                          first_chunk=self._first))
+            for k, (j, prev) in enumerate(zip(slots, before)):
+                # Krea: [where(prev == 0, 0, cur), cur] instead of [prev, cur], where a one-frame chunk reaches the
+                # upsampler (the k-th temporal upsampler sees n * 2**k frames: in practice the first one only)
+                if torch.is_tensor(prev) and n * 2 ** k < 2:
+                    cur = self._cache[j][:, :, -1:]
+                    self._cache[j] = torch.cat([torch.where(prev[:, :, -1:] == 0, 0, cur), cur], 2)
             self._first = False
             self.frames += n
             i += n
@@ -111,6 +137,29 @@ class StreamingDecoder:
             out = unpatchify(out, patch_size=self.vae.config.patch_size)
         out = out.float().clamp(-1.0, 1.0)
         return (out[0].permute(1, 0, 2, 3) + 1.0) / 2.0
+
+    def _krea_slots(self) -> tuple[int, ...]:
+        """Cache slots of the temporal upsamplers, found once by watching a tiny decode (the slot order is the
+        decoder's call order, which its module tree does not spell out)."""
+        if self._upsample_slots is None:
+            from diffusers.models.autoencoders.autoencoder_kl_wan import WanResample
+
+            found: list[int] = []
+            mods = [m for m in self.vae.decoder.modules() if isinstance(m, WanResample) and m.mode == "upsample3d"]
+            def seen(_m, args, kwargs):
+                found.append((kwargs["feat_idx"] if "feat_idx" in kwargs else args[2])[0])
+
+            hooks = [m.register_forward_pre_hook(seen, with_kwargs=True) for m in mods]
+            try:
+                z = torch.zeros(1, self.vae.config.z_dim, 1, 1, 1, device=self.device, dtype=self.dtype)
+                self.vae.decoder(z, feat_cache=[None] * self._num_convs, feat_idx=[0], first_chunk=True)
+            finally:
+                for h in hooks:
+                    h.remove()
+            if len(found) != len(mods):
+                raise RuntimeError("could not locate the temporal upsamplers' cache slots in this diffusers version")
+            self._upsample_slots = tuple(found)
+        return self._upsample_slots
 
     def snapshot(self) -> DecodeState:
         return DecodeState(tuple(self._cache), self._first, self.frames)
@@ -312,8 +361,9 @@ def _latent_stats(vae) -> tuple[list[float], list[float]]:
 
 
 def load_wan_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 config: dict | None = None) -> StreamingDecoder:
-    """`Wan2.1_VAE.pth` (original naming, converted), a VAE `.safetensors`, or a diffusers `vae/` folder."""
+                 config: dict | None = None, rule: str = "wan") -> StreamingDecoder:
+    """`Wan2.1_VAE.pth` (original naming, converted), a VAE `.safetensors`, or a diffusers `vae/` folder; `rule`:
+    the streaming decoder's cache rule ("wan", or "krea" for Krea Realtime's decoder)."""
     from diffusers import AutoencoderKLWan
 
     from sdvg.checkpoints import _iter_tensors, _open, check_keys, params_on_meta
@@ -354,7 +404,7 @@ def load_wan_vae(path: str | Path, device: str | torch.device = "cpu", dtype: to
           for k, t in _iter_tensors(src)}
     vae.load_state_dict(sd, strict=True, assign=True)
     vae.to(device)
-    return StreamingDecoder(vae, *_latent_stats(vae))
+    return StreamingDecoder(vae, *_latent_stats(vae), rule=rule)
 
 
 def save_wan_vae(vae, path: str | Path, fmt: str = "original") -> Path:
@@ -376,6 +426,6 @@ def decoded_frames(latent_frames: int, first: bool, stride: int = 4) -> int:
     return latent_frames * stride - (stride - 1 if first else 0)
 
 
-__all__ = ["StreamingDecoder", "DecodeState", "fast_modules", "load_wan_vae", "save_wan_vae", "vae_config_from_shapes",
+__all__ = ["StreamingDecoder", "StreamingEncoder", "DECODER_RULES", "DecodeState", "fast_modules", "load_wan_vae", "save_wan_vae", "vae_config_from_shapes",
            "vae_key_to_diffusers", "vae_key_to_original", "vae_num_res_blocks",
            "expected_vae_shapes", "WAN21_LATENTS_MEAN", "WAN21_LATENTS_STD", "decoded_frames"]

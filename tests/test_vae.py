@@ -182,3 +182,52 @@ def test_streaming_encode_equals_whole_video_encode(vae, stats):
     enc.reset()
     with pytest.raises(ValueError, match="1 \\+ 4k frames first"):
         enc.encode(frames[:4])
+
+
+def _krea_resample_forward(self, x, feat_cache=None, feat_idx=[0]):
+    """Krea Realtime's temporal upsampler, written out from its maths for the test: zeros (not 'Rep') after the
+    first frame, and the cache padding `where(prev == 0, 0, cur)` for a one-frame chunk."""
+    b, c, t, h, w = x.shape
+    if self.mode == "upsample3d" and feat_cache is not None:
+        idx = feat_idx[0]
+        if feat_cache[idx] is None:
+            feat_cache[idx] = torch.zeros(b, c, 2, h, w)
+        else:
+            cache_x = x[:, :, -2:].clone()
+            if cache_x.shape[2] < 2:
+                cache_x = torch.cat([torch.where(feat_cache[idx][:, :, -1:] == 0, 0, cache_x), cache_x], 2)
+            x = self.time_conv(x, feat_cache[idx])
+            feat_cache[idx] = cache_x
+            x = x.reshape(b, 2, c, t, h, w)
+            x = torch.stack((x[:, 0], x[:, 1]), 3).reshape(b, c, t * 2, h, w)
+        feat_idx[0] += 1
+    t = x.shape[2]
+    y = self.resample(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w))
+    return y.view(b, t, *y.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+def test_krea_rule_matches_a_frame_by_frame_reference(stats, monkeypatch):
+    """rule="krea" equals diffusers' frame-by-frame decode with Krea's upsampler, for any block split; it differs
+    from upstream Wan from the fourth latent frame on, and equals it before."""
+    from diffusers.models.autoencoders import autoencoder_kl_wan as akw
+
+    mean, std = stats
+    z = latents(9, seed=4)
+    raw = z * torch.tensor(std).view(1, -1, 1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1, 1)
+    wan = (make_vae(3).decode(raw).sample[0].permute(1, 0, 2, 3) + 1) / 2
+    with monkeypatch.context() as m:
+        m.setattr(akw.WanResample, "forward", _krea_resample_forward)
+        ref = (make_vae(3).decode(raw).sample[0].permute(1, 0, 2, 3) + 1) / 2
+    dec = StreamingDecoder(make_vae(3), mean, std, rule="krea")
+    for split in ([9], [3, 3, 3], [1, 2, 6]):
+        dec.reset()
+        parts, i = [], 0
+        for n in split:
+            parts.append(dec.decode(z[:, :, i:i + n]))
+            i += n
+        torch.testing.assert_close(torch.cat(parts), ref, atol=2e-6, rtol=0)
+    torch.testing.assert_close(ref[:9], wan[:9], atol=2e-6, rtol=0)  # latent frames 0-2: 1 + 4 + 4 frames
+    assert (ref[13:] - wan[13:]).abs().max() > 1e-3
+    assert dec.fork().rule == "krea" and dec.fork(rule="wan").rule == "wan"
+    with pytest.raises(ValueError, match="decoder rule"):
+        StreamingDecoder(make_vae(3), mean, std, rule="krae")
