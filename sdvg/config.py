@@ -76,7 +76,9 @@ class CacheConfig:
 
     append: Self-Forcing; a finished block is committed by one forward at t=context_noise on its clean latents.
     recompute: Krea Realtime; before each block the cache is rebuilt from the last `recompute_frames` clean latent
-    frames, with RoPE positions relative to that window.
+    frames, with RoPE positions relative to that window. Once the video's first frame has left the window, the
+    window starts with an anchor frame: `anchor="reencode"` (Krea's) re-encodes a decoded pixel frame with the VAE
+    encoder; `anchor="latent"` uses the clean latent frame instead (no encoder pass; not Krea's numbers).
     `window_frames` (-1 = all held frames) and `sink_frames` bound attention for videos longer than the training
     length. `max_frames`: the most frames the append cache holds when `window_frames` is -1 (the trained length, 9
     blocks of 3 latent frames): a longer video rolls (sinks kept, oldest frames evicted), so its memory is that of
@@ -88,12 +90,18 @@ class CacheConfig:
     sink_frames: int = 0
     recompute_frames: int = 9
     max_frames: int = 27
+    anchor: Literal["reencode", "latent"] = "reencode"
 
     def __post_init__(self) -> None:
         from sdvg.settings import check_cache, check_int
 
         check_cache(self.window_frames, self.sink_frames)
         check_int(self.max_frames, "max_frames", 1)
+        check_int(self.recompute_frames, "recompute_frames", 1)
+        if self.policy not in ("append", "recompute"):
+            raise ValueError(f"unknown cache policy {self.policy!r}; choose 'append' or 'recompute'")
+        if self.anchor not in ("reencode", "latent"):
+            raise ValueError(f"unknown anchor {self.anchor!r}; choose 'reencode' or 'latent'")
 
     def capacity(self, latent_frames: int, frames_per_block: int) -> int:
         """Frames the KV cache holds for a video of `latent_frames` (bounded, whatever the video's length)."""
@@ -147,6 +155,37 @@ VIDEO_PRESETS: dict[str, VideoConfig] = {
 
 
 @dataclass(frozen=True)
+class ModelPreset:
+    """What a checkpoint family needs besides its weights: the DiT's shape, its few-step schedule, and where the
+    family fixes them, its KV-cache policy and the VAE decoder rule its videos were made with (None: the run's)."""
+
+    dit: str  # a DIT_PRESETS name
+    sampler: SamplerConfig = SamplerConfig()
+    cache: CacheConfig | None = None
+    decoder_rule: str | None = None
+
+
+KREA_SAMPLER = SamplerConfig(denoising_steps=(1000, 750, 500, 250, 0))  # 1000, 937.5, 833.3, 625, then t = 0
+
+MODEL_PRESETS: dict[str, ModelPreset] = {
+    **{name: ModelPreset(name) for name in DIT_PRESETS},
+    # Self-Forcing / CausVid 1.3B: 4 warped steps, Self-Forcing's append cache.
+    "self-forcing-1.3b": ModelPreset("wan2.1-1.3b"),
+    # Krea Realtime 14B as its server runs it: 5 passes ending at t = 0, the cache recomputed from the last 3
+    # latent frames each block (first frame re-encoded once it leaves the window), Krea's streaming decoder.
+    "krea-realtime-14b": ModelPreset("wan2.1-14b", KREA_SAMPLER, CacheConfig(policy="recompute", recompute_frames=3),
+                                     "krea"),
+}
+
+
+def model_preset(name: str) -> ModelPreset:
+    try:
+        return MODEL_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}") from None
+
+
+@dataclass(frozen=True)
 class SDVGConfig:
     """The speculative loop's knobs (everything a run's trace records)."""
 
@@ -164,5 +203,6 @@ def with_overrides(cfg, **kw):
     return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
 
 
-__all__ = ["DiTConfig", "DIT_PRESETS", "dit_preset", "SamplerConfig", "CacheConfig", "VideoConfig",
+__all__ = ["DiTConfig", "DIT_PRESETS", "dit_preset", "SamplerConfig", "CacheConfig", "VideoConfig", "ModelPreset",
+           "MODEL_PRESETS", "model_preset", "KREA_SAMPLER",
            "VIDEO_PRESETS", "SDVGConfig", "with_overrides"]

@@ -49,25 +49,55 @@ class ModelSet:
     dtype: torch.dtype = torch.float32
     prompts: tuple[str, ...] = ()  # a default prompt set (the embedded world ships one)
     bench_prompts: int | None = None  # how many of them `sdvg bench` takes by default
+    # Per-model settings from the model presets (None: the shared `sampler` / `cache` above), and the decoder rule
+    # of the emitted video (None: the decoder's own, upstream Wan).
+    drafter_sampler: SamplerConfig | None = None
+    target_sampler: SamplerConfig | None = None
+    drafter_cache: CacheConfig | None = None
+    target_cache: CacheConfig | None = None
+    decoder_rule: str | None = None
 
     def pipeline(self, *, router: str = "threshold", tau: float | None = None, accept_rate: float = 0.5,
                  q: float = 0.1, seed: int = 0, lazy_commit: bool = True,
                  cache: CacheConfig | None = None, prefix_blocks: int = 1) -> SDVGPipeline:
-        """A fresh pipeline (fresh KV caches and router state) over the loaded models."""
-        cache = cache or self.cache
+        """A fresh pipeline (fresh KV caches, decode state and router state) over the loaded models. `cache`
+        replaces the cache policy of both models (default: each model's own, else the set's `cache`)."""
+        decoder = self.decoder.fork(rule=self.decoder_rule) if hasattr(self.decoder, "fork") else self.decoder
+        anchor = reencoder(decoder)
 
-        def block_model(dit):
+        def block_model(dit, sampler, own_cache):
             if dit is None:
                 return None
-            return BlockModel(dit, self.video, self.sampler, cache, device=self.device, dtype=self.dtype,
-                              lazy=lazy_commit)
+            c = cache or own_cache or self.cache
+            return BlockModel(dit, self.video, sampler or self.sampler, c, device=self.device, dtype=self.dtype,
+                              lazy=lazy_commit, anchor_fn=anchor if c.anchor == "reencode" else None)
 
         tau = self.default_tau if tau is None else tau
         r = build_router(router, scorer=self.scorer, tau=tau, accept_rate=accept_rate, q=q, seed=seed,
                          prefix_blocks=prefix_blocks) \
             if (self.scorer is not None or router not in NEEDS_SCORER) else None
-        return SDVGPipeline(drafter=block_model(self.drafter), target=block_model(self.target), decoder=self.decoder,
+        return SDVGPipeline(drafter=block_model(self.drafter, self.drafter_sampler, self.drafter_cache),
+                            target=block_model(self.target, self.target_sampler, self.target_cache), decoder=decoder,
                             text_encoder=self.text_encoder, router=r, video=self.video, aux_device=self.aux_device)
+
+
+def reencoder(decoder):
+    """Krea's anchor: one decoded frame [1, 3, H, W] -> its latent [1, C, 1, h, w], encoded alone as a video's
+    first frame by the VAE encoder (None when the decoder has no encoder). Both models of a pipeline share it, and
+    it remembers the last frame, so a frame both caches hold is encoded once."""
+    if not hasattr(decoder, "encoder"):
+        return None
+    enc, last = decoder.encoder(), []
+
+    def encode(frame: torch.Tensor) -> torch.Tensor:
+        if last and last[0] is not None and last[0].data_ptr() == frame.data_ptr() and last[0].shape == frame.shape:
+            return last[1]
+        enc.reset()
+        z = enc.encode(frame)
+        last[:] = [frame, z]
+        return z
+
+    return encode
 
 
 def load_world_models(device: str = "cpu", dtype: str | torch.dtype = "float32",

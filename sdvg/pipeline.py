@@ -19,7 +19,7 @@ import torch
 
 from sdvg.config import CacheConfig, DiTConfig, VideoConfig
 from sdvg.routers import Decision, Router
-from sdvg.sampler import BlockModel, block_noise
+from sdvg.sampler import BlockModel, add_noise, block_noise, handoff_step
 from sdvg.settings import MODES, check_prompt, check_run, check_seed
 
 Mode = Literal["sdvg", "target", "draft", "stitch"]
@@ -233,9 +233,9 @@ class SDVGPipeline:
             for b in range(self.video.num_blocks):
                 ms: dict[str, float] = {}
                 fwd0 = (d.forwards if d else 0, t.forwards if t else 0)
-                noise, step_noises = block_noise(seed, b, self._block_shape(), (t or d).num_steps, device=self.device)
+                noise, step_noises = block_noise(seed, b, self._block_shape(), self._num_steps, device=self.device)
                 decision: Decision | None = None
-                frames = draft = None
+                frames = draft = draft_frames = None
                 if mode == "draft":
                     with _timed(ms, "draft", self.device):
                         x = draft = d.denoise(b, noise, step_noises)
@@ -249,21 +249,25 @@ class SDVGPipeline:
                         x = t.denoise(b, noise, step_noises)
                     src = "target"
                 elif mode == "stitch":
+                    states: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
                     with _timed(ms, "draft", self.device):
-                        x_k = d.denoise(b, noise, step_noises, stop_step=stitch_steps)
+                        x_k = d.denoise(b, noise, step_noises, stop_step=stitch_steps,
+                                        callback=lambda i, xt, x0: states.__setitem__(i, (xt, x0)))
                     with _timed(ms, "commit", self.device):
                         t.flush()
                     with _timed(ms, "target", self.device):
-                        x = t.denoise(b, noise, step_noises, start_step=stitch_steps, x_init=x_k)
+                        x = self._finish_stitch(b, stitch_steps, x_k, states[stitch_steps - 1][1], noise,
+                                                step_noises)
                     src = "stitch"
                 else:  # sdvg: draft, decode after a snapshot, route
-                    states: dict[int, torch.Tensor] = {}
+                    states = {}
                     with _timed(ms, "draft", self.device):
-                        draft = d.denoise(b, noise, step_noises, callback=lambda i, xt, x0: states.__setitem__(i, xt))
+                        draft = d.denoise(b, noise, step_noises,
+                                          callback=lambda i, xt, x0: states.__setitem__(i, (xt, x0)))
                     _check_finite(draft, b, "draft latents")
                     snap = dec.snapshot()
                     with _timed(ms, "decode", self.aux_device):
-                        frames = dec.decode(draft.to(self.aux_device))
+                        frames = draft_frames = dec.decode(draft.to(self.aux_device))
                     with _timed(ms, "score", self.aux_device):
                         decision = self.router.decide(b, frames, prompt)
                     if decision.accept:
@@ -275,19 +279,25 @@ class SDVGPipeline:
                             t.flush()
                         k = stitch_steps
                         with _timed(ms, "target", self.device):
-                            x = t.denoise(b, noise, step_noises, start_step=k, x_init=states[k] if k else None)
+                            x = (self._finish_stitch(b, k, states[k][0], states[k - 1][1], noise, step_noises) if k
+                                 else t.denoise(b, noise, step_noises))
                         src = "stitch" if k else "target"
                 _check_finite(x, b, "latents")
-                # Commits are lazy inside BlockModel: they cost a forward only when that model next denoises.
-                if t is not None and mode != "draft":
-                    t.commit(b, x)
-                if d is not None and mode != "target":
-                    # "own" (the paper): the drafter's cache keeps its own draft, accepted or not.
-                    d.commit(b, draft if drafter_context == "own" and draft is not None else x)
                 if frames is None:
                     with _timed(ms, "decode", self.aux_device):
                         frames = dec.decode(x.to(self.aux_device))
                 _check_finite(frames, b, "decoded frames")
+                if src == "draft":
+                    draft_frames = frames
+                # Commits are lazy inside BlockModel: they cost a forward only when that model next denoises. The
+                # frames go with them for the recompute policy's re-encoded anchor (each model re-encodes the
+                # decoded frames of what its own cache holds).
+                if t is not None and mode != "draft":
+                    t.commit(b, x, frames)
+                if d is not None and mode != "target":
+                    # "own" (the paper): the drafter's cache keeps its own draft, accepted or not.
+                    own = drafter_context == "own" and draft is not None
+                    d.commit(b, draft if own else x, draft_frames if own else frames)
                 bt = BlockTrace(
                     index=b, source=src, accepted=None if decision is None else bool(decision.accept),
                     score=None if decision is None else decision.score,
@@ -347,6 +357,23 @@ class SDVGPipeline:
         check_memory([x.dit.cfg for x in (self.drafter, self.target) if x is not None], self.video, m.cache_cfg,
                      m.dtype, self.device, keep_frames)
 
+    @property
+    def _num_steps(self) -> int:
+        """Step noises a block needs: the longer of the two schedules (noise is keyed per step, so the models share
+        the steps they have in common)."""
+        return max(m.num_steps for m in (self.drafter, self.target) if m is not None)
+
+    def _finish_stitch(self, block: int, k: int, x_k: torch.Tensor, x0_prev: torch.Tensor, noise,
+                       step_noises) -> torch.Tensor:
+        """The target finishes a block the drafter began: `x_k` is the drafter's noisy latent after k steps and
+        `x0_prev` its x0 prediction at step k - 1. The target takes over at `handoff_step`: from x_k when the
+        timesteps agree, else from x0_prev re-noised to the target's timestep with the same step noise."""
+        d, t = self.drafter, self.target
+        j = handoff_step(d.t_list, t.t_list, k)
+        if abs(float(t.t_list[j]) - float(d.t_list[k])) > 1e-4:
+            x_k = add_noise(x0_prev.to(self.device), step_noises[k - 1], t.t_list[j], t.table)
+        return t.denoise(block, noise, step_noises, start_step=j, x_init=x_k)
+
     def _block_shape(self) -> tuple[int, ...]:
         m = self.target or self.drafter
         h, w = self.video.latent_hw
@@ -355,7 +382,7 @@ class SDVGPipeline:
     def _check_args(self, prompt: str, mode: str, seed: int, stitch_steps: int, drafter_context: str) -> None:
         check_prompt(prompt)
         check_seed(seed)
-        check_run(mode, stitch_steps, drafter_context, (self.target or self.drafter).num_steps)
+        check_run(mode, stitch_steps, drafter_context, (self.drafter or self.target).num_steps)
         needs = {"sdvg": ("drafter", "target", "router"), "target": ("target",), "draft": ("drafter",),
                  "stitch": ("drafter", "target")}[mode]
         for name in needs:

@@ -13,11 +13,14 @@ The last step's x0 is the block. A finished block reaches the KV cache by one of
   new block is denoised at positions n.. (n = min(frames so far, recompute_frames)). As in Krea's server, the
   window is the first frame of the video plus the last `recompute_frames - 1` frames while the first frame is
   still near (or always, when `sink_frames > 0`, Krea's `keep_first_frame`); after that the window's first frame
-  is an "anchor": Krea re-encodes a decoded pixel frame with the VAE as a first-frame latent; `anchor_fn` can supply
-  that, and by default the raw latent frame at that position is used.
+  is an "anchor". With `anchor_fn` (the pipeline passes the VAE encoder: `CacheConfig.anchor = "reencode"`), it is
+  Krea's: the model keeps the last 1 + 4(n - 1) decoded pixel frames of what it committed (`commit(..., frames=)`),
+  and the oldest of them is re-encoded alone, as a video's first frame. Without it, the clean latent frame at that
+  position stands in (`anchor = "latent"`: cheaper, not Krea's numbers).
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable
 
 import torch
@@ -27,7 +30,7 @@ from sdvg.cache import KVCache
 from sdvg.config import CacheConfig, SamplerConfig, VideoConfig
 from sdvg.seeding import derive_seed
 
-__all__ = ["schedule_table", "timesteps", "sigma_of", "to_x0", "add_noise", "block_noise", "BlockModel"]
+__all__ = ["schedule_table", "timesteps", "sigma_of", "to_x0", "add_noise", "handoff_step", "block_noise", "BlockModel"]
 
 
 # --- schedule ------------------------------------------------------------------------------------------------------
@@ -68,6 +71,18 @@ def add_noise(x0: Tensor, noise: Tensor, t: Tensor | float, table: tuple[Tensor,
     """(1 - sigma) * x0 + sigma * noise with a float32 sigma, returned in the noise's dtype."""
     s = sigma_of(t, table).to(x0.device)
     return ((1 - s) * x0 + s * noise).type_as(noise)
+
+
+def handoff_step(drafter_t: Tensor, target_t: Tensor, k: int) -> int:
+    """T-Stitch across two schedules: after the drafter's first k steps, the target takes over at its first step
+    whose timestep is at or below the drafter's next one (`drafter_t[k]`). With a shared prefix (Self-Forcing's
+    4 steps vs Krea's 5, which add t = 0) that is step k itself, and the drafter's state is used as is; otherwise
+    the pipeline re-noises the drafter's last x0 prediction to that step's sigma (`add_noise`)."""
+    later = (target_t <= drafter_t[k] + 1e-4).nonzero()
+    if not len(later):
+        raise ValueError(f"stitch_steps={k}: the drafter stops at t={float(drafter_t[k]):.1f}, below every step of "
+                         f"the target's schedule; use fewer stitch steps")
+    return int(later[0])
 
 
 # --- keyed noise ---------------------------------------------------------------------------------------------------
@@ -124,6 +139,7 @@ class BlockModel:
         self.context: Tensor | None = None
         self._pending: list[tuple[int, Tensor]] = []  # append: queued commits
         self._clean: list[Tensor] = []  # recompute: clean latents of committed blocks
+        self._pixels: deque[Tensor] = deque(maxlen=1 + 4 * max(cache.recompute_frames - 1, 0))  # recompute + anchor
         self._committed = 0  # blocks whose latents were given to commit()
         self._start = 0  # RoPE/cache frame position of the next block (recompute: window-relative)
         self._ready: int | None = None  # block the cache is ready to denoise
@@ -154,6 +170,7 @@ class BlockModel:
             self.kv = self._new_cache()
         self.kv.reset()
         self._pending, self._clean, self._committed, self._start, self._ready = [], [], 0, 0, None
+        self._pixels.clear()
 
     def _forward(self, x: Tensor, t: Tensor | float, start_frame: int, block_frames: int | None = None) -> Tensor:
         if self.context is None:
@@ -168,14 +185,25 @@ class BlockModel:
                             block_frames=block_frames)
 
     # --- commits -------------------------------------------------------------------------------------------------
-    def commit(self, block: int, latents: Tensor) -> None:
-        """Make a finished block part of this model's context (blocks in order, each once)."""
+    @property
+    def needs_frames(self) -> bool:
+        """Whether `commit` needs the block's decoded frames (recompute with a re-encoded anchor)."""
+        return self.cache_policy == "recompute" and self.anchor_fn is not None
+
+    def commit(self, block: int, latents: Tensor, frames: Tensor | None = None) -> None:
+        """Make a finished block part of this model's context (blocks in order, each once). `frames`: its decoded
+        frames [T, 3, H, W] in [0, 1], which the recompute policy re-encodes into its anchor (see `needs_frames`)."""
         if block != self._committed:
             raise ValueError(f"commit of block {block}, but the next block to commit is {self._committed}")
+        if self.needs_frames and frames is None:
+            raise ValueError("the recompute cache with a re-encoded anchor needs each committed block's decoded "
+                             "frames: commit(block, latents, frames=...)")
         x = latents.detach().to(self.device, self.dtype)
         self._committed += 1
         if self.cache_policy == "recompute":
             self._clean.append(x)
+            if self.needs_frames:
+                self._pixels.extend(frames.split(1))
         else:
             # a long run of accepted drafts must not grow into one huge commit forward: flush the queue before it
             # would outgrow the cache (never within the trained length, so short videos keep their forward counts)
@@ -213,7 +241,9 @@ class BlockModel:
         if self.cache_cfg.sink_frames > 0 or cur - fpb < n:
             first = frames[:, :, :1]
         else:
-            first = (self.anchor_fn(frames) if self.anchor_fn is not None else frames[:, :, cur - n:cur - n + 1])
+            # Krea: the oldest of the last 1 + 4(n - 1) decoded frames (the last frame of latent frame cur - n),
+            # re-encoded alone; or that latent frame itself
+            first = self.anchor_fn(self._pixels[0]) if self.anchor_fn is not None else frames[:, :, cur - n:cur - n + 1]
             first = first.to(self.device, self.dtype)
         window = torch.cat([first, tail], dim=2)
         self._forward(window, self.sampler.context_noise, 0, fpb)

@@ -207,7 +207,8 @@ class StreamingEncoder:
             from diffusers.models.autoencoders.autoencoder_kl_wan import patchify
 
             x = patchify(x, patch_size=self.vae.config.patch_size)
-        chunks = ([x[:, :, :1]] if first else []) + list(x[:, :, 1 if first else 0:].split(4, dim=2))
+        rest = x[:, :, 1 if first else 0:]
+        chunks = ([x[:, :, :1]] if first else []) + (list(rest.split(4, dim=2)) if rest.shape[2] else [])
         out = torch.cat([self.vae.encoder(c, feat_cache=self._cache, feat_idx=[0]) for c in chunks], 2)
         self.frames += T
         mu = self.vae.quant_conv(out)[:, :self.vae.config.z_dim].float()
