@@ -369,7 +369,8 @@ def bench_main(argv: list[str]) -> int:
         raise ValueError("no prompts: pass --prompts FILE")
     runs = plan_runs(modes, args.taus or list(models.default_taus), args.stitch_steps)
     config = dict(models=models.name, checkpoints=[args.drafter, args.target, args.vae, args.scorer_path],
-                  cache_policy=args.cache_policy, runs=[asdict(r) for r in runs], samples=args.samples,
+                  cache_policy=args.cache_policy, presets=[args.drafter_preset, args.target_preset],
+                  recompute_frames=args.recompute_frames, anchor=args.anchor, decoder_rule=args.decoder_rule, runs=[asdict(r) for r in runs], samples=args.samples,
                   seed=args.seed, num_blocks=models.video.num_blocks,
                   prompts_sha=hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16])
     if args.limit is not None:  # after the config hash: `--limit N` and a full run can share one --out

@@ -165,6 +165,7 @@ class ModelPreset:
     decoder_rule: str | None = None
 
 
+DECODER_RULES = ("wan", "krea")  # sdvg.vae.StreamingDecoder(rule=...): upstream Wan, or Krea Realtime's
 KREA_SAMPLER = SamplerConfig(denoising_steps=(1000, 750, 500, 250, 0))  # 1000, 937.5, 833.3, 625, then t = 0
 
 MODEL_PRESETS: dict[str, ModelPreset] = {
@@ -175,7 +176,17 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
     # latent frames each block (first frame re-encoded once it leaves the window), Krea's streaming decoder.
     "krea-realtime-14b": ModelPreset("wan2.1-14b", KREA_SAMPLER, CacheConfig(policy="recompute", recompute_frames=3),
                                      "krea"),
+    # Tests: the Krea recipe on the tiny shape.
+    "tiny-krea": ModelPreset("tiny", KREA_SAMPLER, CacheConfig(policy="recompute", recompute_frames=3), "krea"),
 }
+
+
+def resolve_cache(base: CacheConfig, *, policy: str | None = None, recompute_frames: int | None = None,
+                  anchor: str | None = None, window_frames: int = -1, sink_frames: int = 0) -> CacheConfig:
+    """A model's cache: its preset's (`base`) with the run's flags applied where given."""
+    given = dict(policy=policy, recompute_frames=recompute_frames, anchor=anchor)
+    return replace(base, window_frames=window_frames, sink_frames=sink_frames,
+                   **{k: v for k, v in given.items() if v is not None})
 
 
 def model_preset(name: str) -> ModelPreset:
@@ -204,5 +215,5 @@ def with_overrides(cfg, **kw):
 
 
 __all__ = ["DiTConfig", "DIT_PRESETS", "dit_preset", "SamplerConfig", "CacheConfig", "VideoConfig", "ModelPreset",
-           "MODEL_PRESETS", "model_preset", "KREA_SAMPLER",
+           "MODEL_PRESETS", "model_preset", "resolve_cache", "KREA_SAMPLER", "DECODER_RULES",
            "VIDEO_PRESETS", "SDVGConfig", "with_overrides"]

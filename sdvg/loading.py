@@ -121,11 +121,14 @@ def load_checkpoint_models(*, drafter: str | None, target: str | None, vae: str,
                            scorer: str = "imagereward", scorer_path: str | None = None,
                            med_config: str | None = None, tokenizer_dir: str | None = None,
                            height: int = 480, width: int = 832, num_blocks: int = 9,
-                           cache_policy: str = "append", window_frames: int = -1, sink_frames: int = 0,
+                           cache: dict | None = None, decoder_rule: str | None = None,
                            device: str = "cuda", aux_device: str | None = None, dtype: str = "bfloat16",
                            ema: bool = True) -> ModelSet:
-    """Real checkpoints from local paths (see README, "Checkpoints")."""
+    """Real checkpoints from local paths (see README, "Checkpoints"). The presets (`MODEL_PRESETS`) give each model
+    its shape, schedule and, for Krea, cache policy and decoder rule; `cache` (`resolve_cache` keywords: policy,
+    recompute_frames, anchor, window_frames, sink_frames) overrides both models' where given."""
     from sdvg.checkpoints import load_dit
+    from sdvg.config import model_preset, resolve_cache
     from sdvg.evaluators import ScorerEvaluator
     from sdvg.scorers import build_scorer
     from sdvg.text import PrecomputedTextEncoder, UMT5TextEncoder
@@ -139,9 +142,11 @@ def load_checkpoint_models(*, drafter: str | None, target: str | None, vae: str,
             raise ValueError(f"{what} is required with real checkpoints (or pass no checkpoints to use the built-in world)")
         if not Path(p).exists():
             raise FileNotFoundError(f"{what} {p} does not exist")
-    d = load_dit(drafter, dit_preset(drafter_preset), device=device, dtype=dt, ema=ema) if drafter else None
-    t = load_dit(target, dit_preset(target_preset), device=device, dtype=dt, ema=ema) if target else None
-    dec = load_wan_vae(vae, device=aux, dtype=dt)
+    dp, tp = model_preset(drafter_preset), model_preset(target_preset)
+    d = load_dit(drafter, dit_preset(dp.dit), device=device, dtype=dt, ema=ema) if drafter else None
+    t = load_dit(target, dit_preset(tp.dit), device=device, dtype=dt, ema=ema) if target else None
+    rule = decoder_rule or (tp.decoder_rule if target else dp.decoder_rule) or "wan"
+    dec = load_wan_vae(vae, device=aux, dtype=dt, rule=rule)
     text_len = (t or d).cfg.text_len
     te = (PrecomputedTextEncoder(text_encoder, text_len=text_len) if Path(text_encoder).is_file()
           else UMT5TextEncoder.from_pretrained(text_encoder, device=aux, dtype=dt, text_len=text_len))
@@ -152,8 +157,10 @@ def load_checkpoint_models(*, drafter: str | None, target: str | None, vae: str,
     # Quality for the benchmark: the mean scorer (ImageReward) over every 4th frame; for the paper's VisionReward,
     # set `models.evaluator = VisionRewardEvaluator.from_files(...)` in Python.
     ev = ScorerEvaluator(sc, how="mean", stride=4) if sc is not None else None
+    caches = [resolve_cache(p.cache or CacheConfig(), **(cache or {})) for p in (dp, tp)]
     return ModelSet(drafter=d, target=t, decoder=dec, text_encoder=te, scorer=sc, evaluator=ev, video=video,
-                    cache=CacheConfig(policy=cache_policy, window_frames=window_frames, sink_frames=sink_frames),
+                    cache=caches[1] if target else caches[0], drafter_sampler=dp.sampler, target_sampler=tp.sampler,
+                    drafter_cache=caches[0], target_cache=caches[1], decoder_rule=rule,
                     name="checkpoints", device=torch.device(device), aux_device=torch.device(aux), dtype=dt)
 
 

@@ -129,6 +129,7 @@ STEPS = arg_type(_int, lambda v: check_int(v, "stitch_steps", 0))
 SEED = arg_type(_int, check_seed)
 WINDOW = arg_type(_int, lambda v: check_int(v, "window_frames", -1))
 SINKS = arg_type(_int, lambda v: check_int(v, "sink_frames", 0))
+RECOMPUTE = arg_type(_int, _positive("recompute_frames"))
 
 NEGATIVE_VALUE_FLAGS = ("--tau", "--taus", "--seed", "--window-frames")
 

@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sdvg.config import DECODER_RULES
+
 # Wan2.1 latent statistics (Wan's `WanVAE.mean/std`, diffusers' AutoencoderKLWan config `latents_mean/std`).
 # The DiT works on normalised latents (z - mean) / std; decoding first undoes that: z * std + mean.
 WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -47,9 +49,6 @@ class DecodeState:
     cache: tuple
     first_chunk: bool
     frames: int
-
-
-DECODER_RULES = ("wan", "krea")
 
 
 class StreamingDecoder:

@@ -84,3 +84,36 @@ def test_generate_from_real_format_checkpoints(tmp_path, capsys):
     assert [b["accepted"] for b in trace["blocks"]] == [b.accepted for b in ref.trace.blocks]
     assert main(argv[:4] + ["--drafter-preset", "wan2.1-14b"] + argv[6:] + ["--overwrite"]) == 2
     assert "preset" in capsys.readouterr().err
+
+
+def test_setup_paper_runs_the_krea_recipe_from_real_format_checkpoints(tmp_path):
+    """`--setup paper` (with the tiny shapes' presets): recompute caches of 3 frames with the re-encoded anchor,
+    Krea's 5 passes and decoder for the target, the percentile router at 72%; the same video as the Python API
+    configured by hand."""
+    from sdvg.checkpoints import save_dit
+    from sdvg.config import KREA_SAMPLER, CacheConfig
+    from sdvg.loading import load_tiny_models
+    from sdvg.text import save_precomputed
+    from sdvg.vae import save_wan_vae
+
+    m = load_tiny_models(seed=0, num_blocks=4)
+    save_dit(m.drafter, tmp_path / "sf.pt", fmt="self-forcing", ema=m.drafter)
+    save_dit(m.target, tmp_path / "krea.safetensors", fmt="krea")
+    save_wan_vae(m.decoder.vae, tmp_path / "Wan2.1_VAE.pth")
+    prompt = "a red circle"
+    save_precomputed({prompt: m.text_encoder.encode([prompt])}, tmp_path / "emb.safetensors")
+    argv = ["generate", prompt, "--setup", "paper", "--drafter", str(tmp_path / "sf.pt"), "--drafter-preset",
+            "tiny-drafter", "--target", str(tmp_path / "krea.safetensors"), "--target-preset", "tiny-krea",
+            "--vae", str(tmp_path / "Wan2.1_VAE.pth"), "--text-encoder", str(tmp_path / "emb.safetensors"),
+            "--scorer", "sharpness", "--height", "32", "--width", "32", "--num-blocks", "4", "--device", "cpu",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 0
+    trace = json.loads((tmp_path / "out" / f"{video_stem(prompt, 'seed0')}.json").read_text())
+    assert trace["router"] == "percentile" and trace["cache_policy"] == "recompute"
+    m.cache = m.drafter_cache = m.target_cache = CacheConfig(policy="recompute", recompute_frames=3)
+    m.target_sampler, m.decoder_rule = KREA_SAMPLER, "krea"
+    ref = m.pipeline(router="percentile", accept_rate=0.72, seed=0)(prompt, seed=trace["seed"])
+    assert [b["accepted"] for b in trace["blocks"]] == [b.accepted for b in ref.trace.blocks]
+    assert [b["target_forwards"] for b in trace["blocks"]] == [b.target_forwards for b in ref.trace.blocks]
+    assert trace["blocks"][0]["target_forwards"] == 5  # Krea's 5 passes
+    assert [b["score"] for b in trace["blocks"]] == [b.score for b in ref.trace.blocks]
