@@ -346,7 +346,8 @@ def detect_format(path: str | Path, ema: bool = True, num_heads: int | None = No
     return _info(path, src, num_heads, text_len)
 
 
-def _info(path, src: _Source, num_heads: int | None = None, text_len: int | None = None) -> CheckpointInfo:
+def _info(path, src: _Source, num_heads: int | None = None, text_len: int | None = None,
+          vision_heads: int | None = None) -> CheckpointInfo:
     kind = {"original": "dit", "diffusers": "dit", "vae-original": "vae", "vae-diffusers": "vae",
             "imagereward": "imagereward"}.get(src.naming, "unknown")
     cfg = infer_dit_config({_to_original(src, k): s for k, (s, _) in src.shapes.items()}, src.config, num_heads,
@@ -356,6 +357,11 @@ def _info(path, src: _Source, num_heads: int | None = None, text_len: int | None
         why = dit_heads(cfg.dim, src.config, num_heads)[1]
         guessed = ((why + "; set it with --num-heads",) if why else ()) + (() if text_len else (
             f"text_len={cfg.text_len} (the Wan default; not stored in the weights; set it with --text-len)",))
+    width = next((s[0] for k, (s, _) in src.shapes.items() if k.endswith("visual_encoder.patch_embed.proj.weight")),
+                 None)
+    if kind == "imagereward" and width and not vision_heads:
+        guessed = (f"vision_heads={max(1, width // 64)} (ViT width {width} // 64, as in the released ImageReward; "
+                   f"not stored in the weights; set it with --scorer-heads)",)
     return CheckpointInfo(path=str(path), format=src.fmt if src.naming != "unknown" else "unknown", kind=kind,
                           preset=match_preset(cfg), num_tensors=len(src.shapes),
                           num_params=sum(math.prod(s) for s, _ in src.shapes.values()),
@@ -530,10 +536,11 @@ class InspectReport:
 
 
 def inspect_checkpoint(path: str | Path, preset: str | None = None, ema: bool = True,
-                       num_heads: int | None = None, text_len: int | None = None) -> InspectReport:
+                       num_heads: int | None = None, text_len: int | None = None,
+                       vision_heads: int | None = None) -> InspectReport:
     """Identify a file and try a strict (shape-only) load onto a meta-device model (`num_heads`: see `dit_heads`)."""
     src = _open(path, ema)
-    info = _info(path, src, num_heads, text_len)
+    info = _info(path, src, num_heads, text_len, vision_heads)
     found = {_to_original(src, k): s for k, (s, _) in src.shapes.items()}
     try:
         if info.kind == "dit":
@@ -571,7 +578,7 @@ def format_report(r: InspectReport) -> str:
         c = i.config
         lines.append(f"preset:    {i.preset or 'none matches'}" + (
             f" (dim {c.dim}, {c.num_layers} blocks, ffn {c.ffn_dim}, {c.num_heads} heads)" if c else ""))
-        lines += [f"guessed:   {g}" for g in i.guessed]
+    lines += [f"guessed:   {g}" for g in i.guessed]
     lines += [f"tensors:   {i.num_tensors}", f"params:    {i.num_params:,}",
               f"dtypes:    {', '.join(f'{k} x{v}' for k, v in sorted(i.dtypes.items()))}",
               f"check:     {'OK' if r.ok else 'FAILED'}: {r.message}"]
@@ -591,8 +598,11 @@ def inspect_main(argv: list[str] | None = None) -> int:
                          "head_dim 128 otherwise)")
     ap.add_argument("--text-len", type=int, default=None, help="text tokens the DiT was trained with (not stored in "
                     "the weights; default 512 as in Wan2.1)")
+    ap.add_argument("--scorer-heads", type=int, default=None, help="ImageReward ViT attention heads (not stored in "
+                    "the weights; default width // 64)")
     a = ap.parse_args(argv)
-    r = inspect_checkpoint(a.path, a.preset, ema=not a.no_ema, num_heads=a.num_heads, text_len=a.text_len)
+    r = inspect_checkpoint(a.path, a.preset, ema=not a.no_ema, num_heads=a.num_heads, text_len=a.text_len,
+                           vision_heads=a.scorer_heads)
     print(format_report(r), file=sys.stdout if r.ok else sys.stderr)
     return 0 if r.ok else 1
 

@@ -48,6 +48,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scorer-path", help="ImageReward.pt or a CLIP folder")
     g.add_argument("--med-config", help="ImageReward med_config.json")
     g.add_argument("--tokenizer-dir", help="bert-base-uncased tokenizer folder (vocab.txt) for ImageReward")
+    g.add_argument("--scorer-heads", type=BLOCKS, default=None,
+                   help="ImageReward ViT attention heads (not in the weights; default width // 64, right for the "
+                        "released ImageReward.pt; give it for a custom-size checkpoint)")
     g.add_argument("--height", type=SIZE, default=None, help="checkpoints only (default 480)")
     g.add_argument("--width", type=SIZE, default=None, help="checkpoints only (default 832)")
     g.add_argument("--num-blocks", type=BLOCKS, default=None,
@@ -94,8 +97,8 @@ def load_models(args: argparse.Namespace):
     return load_checkpoint_models(
         drafter=args.drafter, target=args.target, vae=args.vae, text_encoder=args.text_encoder,
         drafter_preset=args.drafter_preset, target_preset=args.target_preset, scorer=args.scorer,
-        scorer_path=args.scorer_path, med_config=args.med_config, tokenizer_dir=args.tokenizer_dir,
-        height=args.height or 480, width=args.width or 832, num_blocks=args.num_blocks or 9,
+        scorer_path=args.scorer_path, scorer_heads=args.scorer_heads, med_config=args.med_config,
+        tokenizer_dir=args.tokenizer_dir, height=args.height or 480, width=args.width or 832, num_blocks=args.num_blocks or 9,
         cache=cache_flags(args), decoder_rule=args.decoder_rule, device=device, aux_device=args.aux_device,
         dtype=dtype, ema=not args.no_ema)
 

@@ -119,6 +119,7 @@ def load_world_models(device: str = "cpu", dtype: str | torch.dtype = "float32",
 def load_checkpoint_models(*, drafter: str | None, target: str | None, vae: str, text_encoder: str,
                            drafter_preset: str = "wan2.1-1.3b", target_preset: str = "wan2.1-14b",
                            scorer: str = "imagereward", scorer_path: str | None = None,
+                           scorer_heads: int | None = None,
                            med_config: str | None = None, tokenizer_dir: str | None = None,
                            height: int = 480, width: int = 832, num_blocks: int = 9,
                            cache: dict | None = None, decoder_rule: str | None = None,
@@ -153,6 +154,7 @@ def load_checkpoint_models(*, drafter: str | None, target: str | None, vae: str,
     sc = None
     if scorer and scorer != "none":
         sc = build_scorer(scorer, path=scorer_path, med_config=med_config, tokenizer_dir=tokenizer_dir,
+                          vision_heads=scorer_heads,
                           device=aux, dtype=dt)
     # Quality for the benchmark: the mean scorer (ImageReward) over every 4th frame; for the paper's VisionReward,
     # set `models.evaluator = VisionRewardEvaluator.from_files(...)` in Python.

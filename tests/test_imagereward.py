@@ -196,6 +196,21 @@ def test_loads_from_folder_with_defaults(files):
     assert cfg == TINY
     sc = ImageRewardScorer.from_pretrained(files)  # heads inferred as max(1, 32 // 64) = 1: loads, runs
     assert sc.model.cfg.vision_heads == 1 and sc.score(torch.rand(1, 3, 32, 32), "a").shape == (1,)
+    exact = ImageRewardScorer.from_pretrained(files, config=TINY)
+    given = ImageRewardScorer.from_pretrained(files, vision_heads=2)  # the flag --scorer-heads
+    assert given.model.cfg.vision_heads == 2
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(given.score(x, "a red circle"), exact.score(x, "a red circle"), atol=0, rtol=0)
+
+
+def test_inspect_says_the_vit_heads_are_guessed(files, capsys):
+    from sdvg.cli import main
+
+    assert main(["inspect", str(files / "ImageReward.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "guessed:   vision_heads=1 (ViT width 32 // 64" in out and "--scorer-heads" in out
+    assert main(["inspect", str(files / "ImageReward.pt"), "--scorer-heads", "2"]) == 0
+    assert "guessed" not in capsys.readouterr().out
 
 
 def test_position_ids_may_be_absent(files):

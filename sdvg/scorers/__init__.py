@@ -20,7 +20,8 @@ def register_scorer(name: str, factory: Callable[..., Scorer]) -> None:
 
 
 def _imagereward(path: str | None = None, med_config: str | None = None, tokenizer_dir: str | None = None,
-                 device: Any = "cpu", dtype: Any = None, full_frame: bool = False, **_: Any) -> Scorer:
+                 device: Any = "cpu", dtype: Any = None, full_frame: bool = False, vision_heads: int | None = None,
+                 **_: Any) -> Scorer:
     import torch
 
     from sdvg.scorers.imagereward import FILES_HELP, ImageRewardScorer
@@ -28,7 +29,8 @@ def _imagereward(path: str | None = None, med_config: str | None = None, tokeniz
     if not path:
         raise ValueError(f"the imagereward scorer needs path=<ImageReward.pt or its folder>. {FILES_HELP}")
     return ImageRewardScorer.from_pretrained(Path(path), med_config=med_config, tokenizer_dir=tokenizer_dir,
-                                             device=device, dtype=dtype or torch.float32, full_frame=full_frame)
+                                             device=device, dtype=dtype or torch.float32, full_frame=full_frame,
+                                             vision_heads=vision_heads)
 
 
 def _clip(path: str | None = None, device: Any = "cpu", dtype: Any = None, clamp: bool = True, **_: Any) -> Scorer:

@@ -94,10 +94,12 @@ class ImageRewardScorer:
     def from_pretrained(cls, ckpt_path: str | Path, med_config: str | Path | None = None,
                         tokenizer_dir: str | Path | None = None, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32, full_frame: bool = False,
-                        config: ImageRewardConfig | None = None, **kw) -> "ImageRewardScorer":
+                        config: ImageRewardConfig | None = None, vision_heads: int | None = None,
+                        **kw) -> "ImageRewardScorer":
         """Load local files. `ckpt_path` is `ImageReward.pt` or the folder holding it; `med_config` and
         `tokenizer_dir` default to `med_config.json` and a folder with `vocab.txt` next to it (the folder itself, or
-        `bert-base-uncased/` / `tokenizer/` inside it). `config` overrides the sizes inferred from the files."""
+        `bert-base-uncased/` / `tokenizer/` inside it). `config` overrides the sizes inferred from the files;
+        `vision_heads` the ViT's attention heads, which the weights do not hold (guessed: width // 64)."""
         p = Path(ckpt_path)
         if p.is_dir():
             p = _find(p, ["ImageReward.pt", "ImageReward.safetensors"]) or p / "ImageReward.pt"
@@ -113,7 +115,7 @@ class ImageRewardScorer:
                 raise FileNotFoundError(f"no tokenizer (vocab.txt) next to {p}. {FILES_HELP}")
         if config is None:
             config = ImageRewardConfig.from_med_config(med) if med is not None else ImageRewardConfig()
-            config = config.with_vision_from(sd)
+            config = config.with_vision_from(sd, vision_heads)
         with torch.device("meta"):
             model = ImageRewardModel(config)
         check_state(model, sd)
