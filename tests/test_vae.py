@@ -72,12 +72,17 @@ def test_fast_modules_and_chunks_are_exact(stats, zero_past_taps):
     assert all(per_frame) if zero_past_taps else 0 < sum(per_frame) < len(per_frame)  # else only the 1x1x1 ones
     dec = StreamingDecoder(ref_vae, mean, std)
     for split in ([7], [1, 6], [3, 3, 1], [2, 1, 4]):  # the first latent frame always decodes alone
-        dec.reset()
-        parts, i = [], 0
-        for n in split:
-            parts.append(dec.decode(z[:, :, i:i + n]))
-            i += n
-        torch.testing.assert_close(torch.cat(parts), ref, atol=2e-6, rtol=0)
+        torch.testing.assert_close(decode_split(dec, z, split), ref, atol=2e-6, rtol=0)
+
+
+def decode_split(dec: StreamingDecoder, z: torch.Tensor, split: list[int]) -> torch.Tensor:
+    """A fresh video decoded in calls of `split` latent frames each."""
+    dec.reset()
+    parts, i = [], 0
+    for n in split:
+        parts.append(dec.decode(z[:, :, i:i + n]))
+        i += n
+    return torch.cat(parts)
 
 
 def test_snapshot_restore_is_shallow_and_exact(vae, stats):
@@ -220,12 +225,7 @@ def test_krea_rule_matches_a_frame_by_frame_reference(stats, monkeypatch):
         ref = (make_vae(3).decode(raw).sample[0].permute(1, 0, 2, 3) + 1) / 2
     dec = StreamingDecoder(make_vae(3), mean, std, rule="krea")
     for split in ([9], [3, 3, 3], [1, 2, 6]):
-        dec.reset()
-        parts, i = [], 0
-        for n in split:
-            parts.append(dec.decode(z[:, :, i:i + n]))
-            i += n
-        torch.testing.assert_close(torch.cat(parts), ref, atol=2e-6, rtol=0)
+        torch.testing.assert_close(decode_split(dec, z, split), ref, atol=2e-6, rtol=0)
     torch.testing.assert_close(ref[:9], wan[:9], atol=2e-6, rtol=0)  # latent frames 0-2: 1 + 4 + 4 frames
     assert (ref[13:] - wan[13:]).abs().max() > 1e-3
     assert dec.fork().rule == "krea" and dec.fork(rule="wan").rule == "wan"
