@@ -257,12 +257,14 @@ def generate_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    cmds = {"generate": generate_main, "bench": None, "inspect": None}
+    cmds = {"generate": generate_main, "bench": None, "inspect": None, "serve": None}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in cmds:
-        print("usage: sdvg {generate,bench,inspect} ...\n\n"
+        print("usage: sdvg {generate,bench,inspect,serve} ...\n\n"
               "  generate  make videos (default: the built-in world; --help for checkpoints)\n"
               "  bench     the quality/speed study over a prompt set (resumable, torchrun-ready)\n"
-              "  inspect   identify a checkpoint file and check it loads", file=sys.stderr if argv else sys.stdout)
+              "  inspect   identify a checkpoint file and check it loads\n"
+              "  serve     live generation over WebSocket with a web page (http://127.0.0.1:8000/)",
+              file=sys.stderr if argv else sys.stdout)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     cmd, rest = argv[0], argv[1:]
     try:
@@ -271,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "inspect":
             from sdvg.checkpoints import inspect_main
             return inspect_main(rest)
+        if cmd == "serve":
+            from sdvg.serve import serve_main
+            return serve_main(rest)
         from sdvg.bench import bench_main
         return bench_main(rest)
     except (ValueError, OSError, FloatingPointError) as e:  # bad input or environment: one line, no traceback

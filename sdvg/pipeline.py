@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Literal
 import torch
 
 from sdvg.config import CacheConfig, DiTConfig, VideoConfig
+from sdvg.live import PromptSchedule, StreamControl
 from sdvg.routers import Decision, Router
 from sdvg.sampler import BlockModel, add_noise, block_noise, handoff_step
 from sdvg.settings import MODES, check_prompt, check_run, check_seed
@@ -104,6 +105,7 @@ class BlockOutput:
     frames: torch.Tensor  # [T, 3, H, W] in [0, 1]
     latents: torch.Tensor  # [1, C, f, h, w]
     trace: BlockTrace
+    prompt: str = ""  # the prompt this block was made for (it changes when a `StreamControl` switches it)
 
 
 @dataclass
@@ -213,8 +215,10 @@ class SDVGPipeline:
     # --- the loop -------------------------------------------------------------------------------------------------
     def stream(self, prompt: str, *, mode: Mode = "sdvg", seed: int = 0, force_reject_first: bool = True,
                drafter_context: Literal["own", "emitted"] = "own", stitch_steps: int = 0,
-               trace: VideoTrace | None = None) -> Iterator[BlockOutput]:
-        """Yield each block's frames as soon as they are final (see module docstring for the algorithm)."""
+               trace: VideoTrace | None = None, control: StreamControl | None = None) -> Iterator[BlockOutput]:
+        """Yield each block's frames as soon as they are final (see module docstring for the algorithm).
+        `control` (`sdvg.live.StreamControl`): prompt switches, τ changes and stop requests from another thread,
+        applied before the next block."""
         if not self._busy.acquire(blocking=False):
             raise PipelineBusyError(
                 "this pipeline is already generating a video (another stream() is open): finish or close() that "
@@ -230,7 +234,12 @@ class SDVGPipeline:
             dec.reset()
             if self.router is not None:
                 self.router.reset(seed)
+            prompts = PromptSchedule(prompt, context)
             for b in range(self.video.num_blocks):
+                if control is not None:
+                    if control.stopped:
+                        break
+                    prompt = self._apply(control, prompts)
                 ms: dict[str, float] = {}
                 fwd0 = (d.forwards if d else 0, t.forwards if t else 0)
                 noise, step_noises = block_noise(seed, b, self._block_shape(), self._num_steps, device=self.device)
@@ -308,7 +317,7 @@ class SDVGPipeline:
                     ms=ms)
                 if trace is not None:
                     trace.blocks.append(bt)
-                yield BlockOutput(b, frames.float().cpu(), x.float().cpu(), bt)
+                yield BlockOutput(b, frames.float().cpu(), x.float().cpu(), bt, prompt)
         finally:
             self._busy.release()
 
@@ -343,6 +352,21 @@ class SDVGPipeline:
         return SDVGOutput(torch.cat(frames), torch.cat(latents, dim=2), trace)
 
     # --- helpers ----------------------------------------------------------------------------------------------------
+    def _apply(self, control: StreamControl, prompts: PromptSchedule) -> str:
+        """Take the control's pending requests; returns the prompt the next block is scored against."""
+        switch, tau = control.take()
+        if switch is not None:
+            prompts.switch(switch.prompt, self.text_encoder.encode([switch.prompt]).to(self.device),
+                           switch.blend_blocks, switch.interp)
+        context, changed = prompts.next_block()
+        if changed:
+            for m in (self.drafter, self.target):
+                if m is not None:
+                    m.update_context(context)
+        if tau is not None and hasattr(self.router, "tau"):  # threshold-style routers; others have no tau
+            self.router.tau = tau
+        return prompts.prompt
+
     def new_trace(self, prompt: str, *, mode: str, seed: int, force_reject_first: bool, drafter_context: str,
                   stitch_steps: int) -> VideoTrace:
         r = self.router if mode == "sdvg" else None

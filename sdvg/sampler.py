@@ -164,6 +164,13 @@ class BlockModel:
         self.context = context.to(device=self.device, dtype=self.dtype)
         self.reset()
 
+    def update_context(self, context: Tensor) -> None:
+        """Switch the prompt mid-video: later forwards (and pending commits) see the new text; the video so far stays
+        in the cache. The cross-attention K/V are recomputed on the next forward (`KVCache.cross_for`)."""
+        if self.context is None:
+            raise RuntimeError("update_context() continues a video; start one with set_context()")
+        self.context = context.to(device=self.device, dtype=self.dtype)
+
     def reset(self) -> None:
         """Forget the video so far (cache, cross-attention K/V, commits); keep the prompt."""
         if self.kv is None:
