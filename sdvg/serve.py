@@ -157,7 +157,14 @@ class Session:
 
     def _put(self, item) -> bool:
         """Hand an item to the event loop; blocks while the client is behind. False once the session is stopped."""
-        fut = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
+        if self.loop.is_closed() or self.control.stopped:
+            return False
+        coro = self.queue.put(item)
+        try:
+            fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the server's loop closed under us (shutdown)
+            coro.close()
+            return False
         while True:
             try:
                 fut.result(timeout=0.2)
@@ -232,14 +239,17 @@ def create_app(models, *, max_sessions: int = 4, max_blocks: int = 10_000, fmt: 
         await ws.send_json(info)
 
         async def send_loop(s: Session):
-            while True:
-                item = await s.queue.get()
-                if isinstance(item, bytes):
-                    await ws.send_bytes(item)
-                else:
-                    await ws.send_json(item)
-                    if item["type"] in ("done", "error"):
-                        return
+            try:
+                while True:
+                    item = await s.queue.get()
+                    if isinstance(item, bytes):
+                        await ws.send_bytes(item)
+                    else:
+                        await ws.send_json(item)
+                        if item["type"] in ("done", "error"):
+                            return
+            except Exception:  # the client went away: stop generating for it
+                s.control.stop()
 
         async def stop_session():
             nonlocal session, sender
@@ -295,8 +305,11 @@ def create_app(models, *, max_sessions: int = 4, max_blocks: int = 10_000, fmt: 
                     await ws.send_json({"type": "error", "error": str(e)})
         except WebSocketDisconnect:
             pass
-        finally:
-            await stop_session()
+        finally:  # no await here: on a dropped connection this task may already be cancelled
+            if session is not None:
+                session.control.stop()  # its thread ends within a block
+            if sender is not None:
+                sender.cancel()
             slots.release()
             with metrics.lock:
                 metrics.sessions -= 1
