@@ -213,3 +213,24 @@ def test_frame_formats_sizes():
     raw, jpeg, webp = (encode_frames(f, fmt) for fmt in ("raw", "jpeg", "webp"))
     assert len(raw[0]) == 64 * 64 * 3 and jpeg[0][:2] == b"\xff\xd8" and webp[0][:4] == b"RIFF"
     assert not math.isnan(sum(map(len, jpeg)))
+
+
+def test_a_client_that_stops_reading_does_not_stall_the_others(server):
+    import websockets
+
+    async def main():
+        async with websockets.connect(f"ws://{server}/ws", max_size=2**24) as slow:
+            json.loads(await slow.recv())
+            await slow.send(json.dumps({"type": "start", "prompt": PROMPT, "seed": 1}))  # then never reads again
+            async with websockets.connect(f"ws://{server}/ws", max_size=2**24) as fast:
+                json.loads(await fast.recv())
+                await fast.send(json.dumps({"type": "start", "prompt": PROMPT, "seed": 2, "num_blocks": 12}))
+                n = 0
+                while True:
+                    m = await asyncio.wait_for(fast.recv(), timeout=30)
+                    if isinstance(m, bytes):
+                        n += 1
+                    elif json.loads(m)["type"] == "done":
+                        return n
+
+    assert asyncio.run(main()) == 12
