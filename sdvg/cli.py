@@ -194,6 +194,9 @@ def generate_main(argv: list[str]) -> int:
     p.add_argument("--no-force-reject-first", action="store_true", help="route block 0 too")
     p.add_argument("--drafter-context", choices=("own", "emitted"), default="own")
     p.add_argument("--eager-commit", action="store_true", help="commit every block at once (for debugging)")
+    p.add_argument("--overlap", action="store_true",
+                   help="pipelined speculation: draft the next block while this one is decoded and scored (same "
+                        "video; falls back, saying why, with 'emitted' context or a re-encoded recompute anchor)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--samples", type=SAMPLES, default=1, help="videos per prompt")
     p.add_argument("--out", default="outputs")
@@ -237,7 +240,7 @@ def generate_main(argv: list[str]) -> int:
         prompt = prompts[i]
         res = pipe(prompt, mode=args.mode, seed=video_seed(args.seed, i, s),
                    force_reject_first=not args.no_force_reject_first, drafter_context=args.drafter_context,
-                   stitch_steps=args.stitch_steps, progress=not args.no_progress)
+                   stitch_steps=args.stitch_steps, progress=not args.no_progress, overlap=args.overlap)
         for n in range(1, 1000):  # a concurrent run took the name meanwhile: keep both videos (stem.2, stem.3, ...)
             try:
                 path = export_to_video(res.frames, out / f"{stem}{f'.{n}' if n > 1 else ''}.mp4", fps=args.fps,

@@ -11,6 +11,8 @@ import resource
 import sys
 import threading
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Literal
@@ -58,6 +60,7 @@ class VideoTrace:
     stitch_steps: int
     force_reject_first: bool
     drafter_context: str
+    overlap: bool = False  # pipelined speculation ran (False also when it was asked for but fell back)
     blocks: list[BlockTrace] = field(default_factory=list)
     wall_s: float = 0.0
     peak_mem_mb: float = 0.0
@@ -215,10 +218,12 @@ class SDVGPipeline:
     # --- the loop -------------------------------------------------------------------------------------------------
     def stream(self, prompt: str, *, mode: Mode = "sdvg", seed: int = 0, force_reject_first: bool = True,
                drafter_context: Literal["own", "emitted"] = "own", stitch_steps: int = 0,
-               trace: VideoTrace | None = None, control: StreamControl | None = None) -> Iterator[BlockOutput]:
+               trace: VideoTrace | None = None, control: StreamControl | None = None,
+               overlap: bool = False) -> Iterator[BlockOutput]:
         """Yield each block's frames as soon as they are final (see module docstring for the algorithm).
         `control` (`sdvg.live.StreamControl`): prompt switches, τ changes and stop requests from another thread,
-        applied before the next block."""
+        applied before the next block. `overlap`: pipelined speculation (see `overlap_blocker`); the video is bit
+        for bit the sequential one."""
         if not self._busy.acquire(blocking=False):
             raise PipelineBusyError(
                 "this pipeline is already generating a video (another stream() is open): finish or close() that "
@@ -235,13 +240,22 @@ class SDVGPipeline:
             if self.router is not None:
                 self.router.reset(seed)
             prompts = PromptSchedule(prompt, context)
+            why = self.overlap_blocker(mode, drafter_context, control) if overlap else "off"
+            if overlap and why:
+                warnings.warn(f"overlap falls back to the sequential loop: {why}", stacklevel=2)
+            pool = ThreadPoolExecutor(1, thread_name_prefix="sdvg-judge") if not why else None
+            ahead: dict[int, tuple] = {}  # block -> (draft, states, ms, drafter forwards) drafted one block ahead
+            moved = 0  # drafter forwards spent on the next block's draft during this one
             for b in range(self.video.num_blocks):
                 if control is not None:
                     if control.stopped:
                         break
                     prompt = self._apply(control, prompts)
+                t_block = time.perf_counter()
                 ms: dict[str, float] = {}
                 fwd0 = (d.forwards if d else 0, t.forwards if t else 0)
+                ahead_fwd = moved
+                moved = 0
                 noise, step_noises = block_noise(seed, b, self._block_shape(), self._num_steps, device=self.device)
                 decision: Decision | None = None
                 frames = draft = draft_frames = None
@@ -268,17 +282,27 @@ class SDVGPipeline:
                         x = self._finish_stitch(b, stitch_steps, x_k, states[stitch_steps - 1][1], noise,
                                                 step_noises)
                     src = "stitch"
-                else:  # sdvg: draft, decode after a snapshot, route
-                    states = {}
-                    with _timed(ms, "draft", self.device):
-                        draft = d.denoise(b, noise, step_noises,
-                                          callback=lambda i, xt, x0: states.__setitem__(i, (xt, x0)))
+                else:  # sdvg: draft (or take the draft made ahead), decode after a snapshot, route
+                    if b in ahead:
+                        draft, states, ms["draft"], _ = ahead.pop(b)
+                    else:
+                        draft, states = self._draft(b, noise, step_noises, ms)
                     _check_finite(draft, b, "draft latents")
                     snap = dec.snapshot()
-                    with _timed(ms, "decode", self.aux_device):
-                        frames = draft_frames = dec.decode(draft.to(self.aux_device))
-                    with _timed(ms, "score", self.aux_device):
-                        decision = self.router.decide(b, frames, prompt)
+                    if pool is None:
+                        frames, decision = self._judge(b, draft, prompt, ms)
+                    else:  # decode + score on the worker while the drafter drafts the next block
+                        job = pool.submit(self._judge, b, draft, prompt, ms)
+                        if b + 1 < self.video.num_blocks:
+                            f0 = d.forwards
+                            d.commit(b, draft)  # own context: the next draft depends on this draft only
+                            nxt = block_noise(seed, b + 1, self._block_shape(), self._num_steps, device=self.device)
+                            ahead_ms: dict[str, float] = {}
+                            nd, nstates = self._draft(b + 1, *nxt, ahead_ms)
+                            moved = d.forwards - f0
+                            ahead[b + 1] = (nd, nstates, ahead_ms["draft"], moved)
+                        frames, decision = job.result()
+                    draft_frames = frames
                     if decision.accept:
                         x, src = draft, "draft"
                     else:
@@ -303,7 +327,7 @@ class SDVGPipeline:
                 # decoded frames of what its own cache holds).
                 if t is not None and mode != "draft":
                     t.commit(b, x, frames)
-                if d is not None and mode != "target":
+                if d is not None and mode != "target" and d.committed == b:  # (overlap commits drafts early)
                     # "own" (the paper): the drafter's cache keeps its own draft, accepted or not.
                     own = drafter_context == "own" and draft is not None
                     d.commit(b, draft if own else x, draft_frames if own else frames)
@@ -312,23 +336,60 @@ class SDVGPipeline:
                     score=None if decision is None else decision.score,
                     threshold=None if decision is None else decision.threshold,
                     frame_scores=[] if decision is None else list(decision.frame_scores),
-                    drafter_forwards=(d.forwards if d else 0) - fwd0[0],
+                    drafter_forwards=(d.forwards if d else 0) - fwd0[0] - moved + ahead_fwd,
                     target_forwards=(t.forwards if t else 0) - fwd0[1],
                     ms=ms)
+                _sync(self.device)
+                ms["block"] = 1000 * (time.perf_counter() - t_block)  # the critical path of this block
                 if trace is not None:
                     trace.blocks.append(bt)
                 yield BlockOutput(b, frames.float().cpu(), x.float().cpu(), bt, prompt)
         finally:
+            if "pool" in locals() and pool is not None:
+                pool.shutdown(wait=True)
             self._busy.release()
+
+    def overlap_blocker(self, mode: str, drafter_context: str, control: StreamControl | None) -> str | None:
+        """Why pipelined speculation cannot run for these settings (None: it can). Overlap drafts block b+1 while
+        block b's draft is decoded and scored on a worker thread (or the aux device); that is exact only when the
+        drafter's next block does not depend on the decision: its context is its own drafts (`own`) and it needs
+        no decoded frames (not recompute with a re-encoded anchor)."""
+        if mode != "sdvg":
+            return f"mode {mode!r} has no routing to overlap"
+        if drafter_context != "own":
+            return "with 'emitted' context the drafter waits for each decision"
+        if self.drafter.needs_frames:
+            return "the drafter's recompute cache re-encodes decoded frames (use --anchor latent)"
+        if control is not None:
+            return "live control (prompt/τ changes) needs each block drafted after the previous decision"
+        return None
+
+    def _draft(self, b: int, noise, step_noises, ms: dict) -> tuple[torch.Tensor, dict]:
+        states: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        with _timed(ms, "draft", self.device):
+            draft = self.drafter.denoise(b, noise, step_noises,
+                                         callback=lambda i, xt, x0: states.__setitem__(i, (xt, x0)))
+        return draft, states
+
+    def _judge(self, b: int, draft: torch.Tensor, prompt: str, ms: dict):
+        """Decode a draft (the caller snapshots the decode state first) and route it: (frames, decision)."""
+        with _timed(ms, "decode", self.aux_device):
+            frames = self.decoder.decode(draft.to(self.aux_device))
+        with _timed(ms, "score", self.aux_device):
+            decision = self.router.decide(b, frames, prompt)
+        return frames, decision
 
     def __call__(self, prompt: str, *, mode: Mode = "sdvg", seed: int = 0, force_reject_first: bool = True,
                  drafter_context: Literal["own", "emitted"] = "own", stitch_steps: int = 0,
-                 callback: Callable[[BlockOutput], None] | None = None, progress: bool = False) -> SDVGOutput:
-        """Generate one video. `callback` is called after every block; `progress` shows a bar with A/R marks."""
+                 callback: Callable[[BlockOutput], None] | None = None, progress: bool = False,
+                 overlap: bool = False) -> SDVGOutput:
+        """Generate one video. `callback` is called after every block; `progress` shows a bar with A/R marks;
+        `overlap`: pipelined speculation (the same video, see `stream`)."""
         self._check_args(prompt, mode, seed, stitch_steps, drafter_context)
         self.check_memory(keep_frames=True)
         trace = self.new_trace(prompt, mode=mode, seed=seed, force_reject_first=force_reject_first,
                                drafter_context=drafter_context, stitch_steps=stitch_steps)
+        trace.overlap = overlap and self.overlap_blocker(mode, drafter_context, None) is None
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -336,7 +397,8 @@ class SDVGPipeline:
         t0 = time.perf_counter()
         frames, latents = [], []
         for out in self.stream(prompt, mode=mode, seed=seed, force_reject_first=force_reject_first,
-                               drafter_context=drafter_context, stitch_steps=stitch_steps, trace=trace):
+                               drafter_context=drafter_context, stitch_steps=stitch_steps, trace=trace,
+                               overlap=overlap):
             frames.append(out.frames)
             latents.append(out.latents)
             if callback is not None:

@@ -193,6 +193,11 @@ class BlockModel:
 
     # --- commits -------------------------------------------------------------------------------------------------
     @property
+    def committed(self) -> int:
+        """Blocks given to `commit` so far (the next block to denoise)."""
+        return self._committed
+
+    @property
     def needs_frames(self) -> bool:
         """Whether `commit` needs the block's decoded frames (recompute with a re-encoded anchor)."""
         return self.cache_policy == "recompute" and self.anchor_fn is not None

@@ -141,3 +141,32 @@ def test_drafter_context_emitted_conditions_the_drafter_on_the_target(models):
     assert own.trace.blocks[2].frame_scores != emitted.trace.blocks[2].frame_scores
     ref = models.pipeline()(PROMPT, mode="target", seed=6)
     assert torch.equal(own.latents, ref.latents)
+
+
+@pytest.mark.parametrize("cache", [CacheConfig(policy="append"),
+                                   CacheConfig(policy="recompute", recompute_frames=3, anchor="latent")],
+                         ids=["append", "recompute"])
+@pytest.mark.parametrize("kw", [dict(router="random", accept_rate=0.5), dict(tau=0.001), dict(tau=math.inf),
+                                dict(tau=-math.inf)], ids=["random", "tau", "reject-all", "accept-all"])
+@pytest.mark.parametrize("stitch", [0, 2])
+def test_overlap_is_bit_identical_to_the_sequential_loop(cache, kw, stitch):
+    models = load_tiny_models(seed=0, num_blocks=5)
+    seq = models.pipeline(cache=cache, seed=1, **kw)(PROMPT, seed=9, stitch_steps=stitch)
+    ovl = models.pipeline(cache=cache, seed=1, **kw)(PROMPT, seed=9, stitch_steps=stitch, overlap=True)
+    assert ovl.trace.overlap and not seq.trace.overlap
+    assert torch.equal(seq.frames, ovl.frames) and torch.equal(seq.latents, ovl.latents)
+    assert [b.accepted for b in seq.trace.blocks] == [b.accepted for b in ovl.trace.blocks]
+    assert [b.score for b in seq.trace.blocks] == [b.score for b in ovl.trace.blocks]
+    assert [b.drafter_forwards for b in seq.trace.blocks] == [b.drafter_forwards for b in ovl.trace.blocks]
+    assert [b.target_forwards for b in seq.trace.blocks] == [b.target_forwards for b in ovl.trace.blocks]
+    assert all("block" in b.ms for b in ovl.trace.blocks)
+
+
+def test_overlap_falls_back_and_says_why(models):
+    pipe = models.pipeline(tau=0.001)
+    with pytest.warns(UserWarning, match="emitted"):
+        out = pipe(PROMPT, seed=2, drafter_context="emitted", overlap=True)
+    assert not out.trace.overlap
+    assert pipe.overlap_blocker("target", "own", None) and pipe.overlap_blocker("sdvg", "own", None) is None
+    reencode = models.pipeline(tau=0.001, cache=CacheConfig(policy="recompute", recompute_frames=3))
+    assert "anchor" in reencode.overlap_blocker("sdvg", "own", None)
