@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Literal
@@ -21,6 +20,7 @@ import torch
 
 from sdvg.config import CacheConfig, DiTConfig, VideoConfig
 from sdvg.live import PromptSchedule, StreamControl
+from sdvg.proposer import Proposer
 from sdvg.routers import Decision, Router
 from sdvg.sampler import BlockModel, add_noise, block_noise, handoff_step
 from sdvg.settings import MODES, check_prompt, check_run, check_seed
@@ -214,6 +214,7 @@ class SDVGPipeline:
         self.video = video or (target or drafter).video
         self.device = torch.device((target or drafter).device)
         self.aux_device = torch.device(aux_device) if aux_device is not None else self.device
+        self.lookahead = 2  # overlap: blocks the drafter may run ahead of the verifier
 
     # --- the loop -------------------------------------------------------------------------------------------------
     def stream(self, prompt: str, *, mode: Mode = "sdvg", seed: int = 0, force_reject_first: bool = True,
@@ -222,8 +223,9 @@ class SDVGPipeline:
                overlap: bool = False) -> Iterator[BlockOutput]:
         """Yield each block's frames as soon as they are final (see module docstring for the algorithm).
         `control` (`sdvg.live.StreamControl`): prompt switches, τ changes and stop requests from another thread,
-        applied before the next block. `overlap`: pipelined speculation (see `overlap_blocker`); the video is bit
-        for bit the sequential one."""
+        applied before the next block. `overlap`: pipelined speculation (`sdvg.proposer`: the drafter drafts up
+        to `self.lookahead` blocks ahead on its own thread; see `overlap_blocker`); the video is bit for bit the
+        sequential one."""
         if not self._busy.acquire(blocking=False):
             raise PipelineBusyError(
                 "this pipeline is already generating a video (another stream() is open): finish or close() that "
@@ -243,9 +245,7 @@ class SDVGPipeline:
             why = self.overlap_blocker(mode, drafter_context, control) if overlap else "off"
             if overlap and why:
                 warnings.warn(f"overlap falls back to the sequential loop: {why}", stacklevel=2)
-            pool = ThreadPoolExecutor(1, thread_name_prefix="sdvg-judge") if not why else None
-            ahead: dict[int, tuple] = {}  # block -> (draft, states, ms, drafter forwards) drafted one block ahead
-            moved = 0  # drafter forwards spent on the next block's draft during this one
+            proposer: Proposer | None = None  # overlap: the drafter's thread, started at the first drafted block
             for b in range(self.video.num_blocks):
                 if control is not None:
                     if control.stopped:
@@ -254,8 +254,7 @@ class SDVGPipeline:
                 t_block = time.perf_counter()
                 ms: dict[str, float] = {}
                 fwd0 = (d.forwards if d else 0, t.forwards if t else 0)
-                ahead_fwd = moved
-                moved = 0
+                drafter_fwd: int | None = None  # a proposer's block: its count (d.forwards moves on its thread)
                 noise, step_noises = block_noise(seed, b, self._block_shape(), self._num_steps, device=self.device)
                 decision: Decision | None = None
                 frames = draft = draft_frames = None
@@ -282,27 +281,20 @@ class SDVGPipeline:
                         x = self._finish_stitch(b, stitch_steps, x_k, states[stitch_steps - 1][1], noise,
                                                 step_noises)
                     src = "stitch"
-                else:  # sdvg: draft (or take the draft made ahead), decode after a snapshot, route
-                    if b in ahead:
-                        draft, states, ms["draft"], _ = ahead.pop(b)
+                else:  # sdvg: draft (or take the proposer's), decode after a snapshot, route
+                    if not why and proposer is None:
+                        proposer = Proposer(d, seed, self._block_shape(), self._num_steps, b, self.video.num_blocks,
+                                            self.lookahead)
+                    if proposer is not None:
+                        p = proposer.take(b)
+                        draft, states, ms["draft"], drafter_fwd = p.draft, p.states, p.ms, p.forwards
                     else:
                         draft, states = self._draft(b, noise, step_noises, ms)
                     _check_finite(draft, b, "draft latents")
                     snap = dec.snapshot()
-                    if pool is None:
-                        frames, decision = self._judge(b, draft, prompt, ms)
-                    else:  # decode + score on the worker while the drafter drafts the next block
-                        job = pool.submit(self._judge, b, draft, prompt, ms)
-                        if b + 1 < self.video.num_blocks:
-                            f0 = d.forwards
-                            d.commit(b, draft)  # own context: the next draft depends on this draft only
-                            nxt = block_noise(seed, b + 1, self._block_shape(), self._num_steps, device=self.device)
-                            ahead_ms: dict[str, float] = {}
-                            nd, nstates = self._draft(b + 1, *nxt, ahead_ms)
-                            moved = d.forwards - f0
-                            ahead[b + 1] = (nd, nstates, ahead_ms["draft"], moved)
-                        frames, decision = job.result()
-                    draft_frames = frames
+                    frames = draft_frames = self._decode(draft, ms)
+                    with _timed(ms, "score", self.aux_device):
+                        decision = self.router.decide(b, frames, prompt)
                     if decision.accept:
                         x, src = draft, "draft"
                     else:
@@ -336,7 +328,7 @@ class SDVGPipeline:
                     score=None if decision is None else decision.score,
                     threshold=None if decision is None else decision.threshold,
                     frame_scores=[] if decision is None else list(decision.frame_scores),
-                    drafter_forwards=(d.forwards if d else 0) - fwd0[0] - moved + ahead_fwd,
+                    drafter_forwards=(drafter_fwd if drafter_fwd is not None else d.forwards - fwd0[0] if d else 0),
                     target_forwards=(t.forwards if t else 0) - fwd0[1],
                     ms=ms)
                 _sync(self.device)
@@ -345,13 +337,13 @@ class SDVGPipeline:
                     trace.blocks.append(bt)
                 yield BlockOutput(b, frames.float().cpu(), x.float().cpu(), bt, prompt)
         finally:
-            if "pool" in locals() and pool is not None:
-                pool.shutdown(wait=True)
+            if "proposer" in locals() and proposer is not None:
+                proposer.close()
             self._busy.release()
 
     def overlap_blocker(self, mode: str, drafter_context: str, control: StreamControl | None) -> str | None:
-        """Why pipelined speculation cannot run for these settings (None: it can). Overlap drafts block b+1 while
-        block b's draft is decoded and scored on a worker thread (or the aux device); that is exact only when the
+        """Why pipelined speculation cannot run for these settings (None: it can). Overlap drafts blocks b+1.. on
+        the proposer's thread while block b is decoded, scored and maybe regenerated; that is exact only when the
         drafter's next block does not depend on the decision: its context is its own drafts (`own`) and it needs
         no decoded frames (not recompute with a re-encoded anchor)."""
         if mode != "sdvg":
@@ -371,13 +363,9 @@ class SDVGPipeline:
                                          callback=lambda i, xt, x0: states.__setitem__(i, (xt, x0)))
         return draft, states
 
-    def _judge(self, b: int, draft: torch.Tensor, prompt: str, ms: dict):
-        """Decode a draft (the caller snapshots the decode state first) and route it: (frames, decision)."""
+    def _decode(self, latents: torch.Tensor, ms: dict) -> torch.Tensor:
         with _timed(ms, "decode", self.aux_device):
-            frames = self.decoder.decode(draft.to(self.aux_device))
-        with _timed(ms, "score", self.aux_device):
-            decision = self.router.decide(b, frames, prompt)
-        return frames, decision
+            return self.decoder.decode(latents.to(self.aux_device))
 
     def __call__(self, prompt: str, *, mode: Mode = "sdvg", seed: int = 0, force_reject_first: bool = True,
                  drafter_context: Literal["own", "emitted"] = "own", stitch_steps: int = 0,
