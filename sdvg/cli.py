@@ -70,6 +70,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="device of the DiTs (default: cuda if available, else cpu)")
     g.add_argument("--aux-device", default=None, help="device of the VAE, text encoder and scorer (2-GPU split)")
     g.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the DiTs' cache-free block parts (dynamic shapes: compiled once per run)")
 
 
 def cache_flags(args: argparse.Namespace) -> dict:
@@ -79,6 +81,17 @@ def cache_flags(args: argparse.Namespace) -> dict:
 
 
 def load_models(args: argparse.Namespace):
+    models = _load_models(args)
+    if args.compile:
+        from sdvg.wan import compile_dit
+
+        for dit in (models.drafter, models.target):
+            if dit is not None:
+                compile_dit(dit)
+    return models
+
+
+def _load_models(args: argparse.Namespace):
     import torch
 
     from sdvg.config import resolve_cache

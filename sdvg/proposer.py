@@ -9,6 +9,7 @@ way and give the same bits.
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -28,6 +29,7 @@ class Proposal:
     states: dict
     ms: float
     forwards: int
+    ready: "torch.cuda.Event | None" = None  # CUDA: recorded on the proposer's stream after the draft
 
 
 class Proposer:
@@ -40,23 +42,31 @@ class Proposer:
         self._q: queue.Queue = queue.Queue(maxsize=max(1, lookahead))
         self._stop = threading.Event()
         self._threads = torch.get_num_threads()
+        # CUDA: the drafter gets its own stream, so its kernels overlap the verifier's on the same GPU
+        self._stream = torch.cuda.Stream(drafter.device) if drafter.device.type == "cuda" else None
         self._thread = threading.Thread(target=self._run, daemon=True, name="sdvg-proposer")
         self._thread.start()
 
     def _run(self) -> None:
         torch.set_num_threads(self._threads)
+        ctx = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
         try:
-            for b in range(self.first, self.last):
-                f0, t0 = self.d.forwards, time.perf_counter()
-                states: dict = {}
-                noise, step_noises = block_noise(self.seed, b, self.shape, self.num_steps, device=self.d.device)
-                draft = self.d.denoise(b, noise, step_noises, callback=lambda i, xt, x0: states.__setitem__(i, (xt, x0)))
-                if self.d.device.type == "cuda":
-                    torch.cuda.synchronize(self.d.device)
-                ms = 1000 * (time.perf_counter() - t0)
-                self.d.commit(b, draft)  # own context: the drafter keeps its draft whatever the router decides
-                if not self._put(Proposal(b, draft, states, ms, self.d.forwards - f0)):
-                    return
+            with ctx:
+                for b in range(self.first, self.last):
+                    f0, t0 = self.d.forwards, time.perf_counter()
+                    states: dict = {}
+                    noise, step_noises = block_noise(self.seed, b, self.shape, self.num_steps, device=self.d.device)
+                    draft = self.d.denoise(b, noise, step_noises,
+                                           callback=lambda i, xt, x0: states.__setitem__(i, (xt, x0)))
+                    ready = None
+                    if self._stream is not None:
+                        ready = torch.cuda.Event()
+                        ready.record(self._stream)
+                        ready.synchronize()  # this thread only: the draft's wall time
+                    ms = 1000 * (time.perf_counter() - t0)
+                    self.d.commit(b, draft)  # own context: the drafter keeps its draft whatever the router decides
+                    if not self._put(Proposal(b, draft, states, ms, self.d.forwards - f0, ready)):
+                        return
         except BaseException as e:  # re-raised in the consumer's thread
             self._put(e)
 
@@ -75,6 +85,12 @@ class Proposer:
             raise item
         if item.block != block:
             raise RuntimeError(f"proposer out of step: drafted block {item.block}, the loop is at {block}")
+        if item.ready is not None:  # the consumer's stream waits for the draft, and owns its memory from now on
+            cur = torch.cuda.current_stream(self.d.device)
+            cur.wait_event(item.ready)
+            for x in [item.draft, *(t for pair in item.states.values() for t in pair)]:
+                if x.is_cuda:
+                    x.record_stream(cur)
         return item
 
     def close(self) -> None:

@@ -173,22 +173,39 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x: Tensor, e0: Tensor, freqs: Tensor, cross_kv: tuple[Tensor, Tensor], ctx: "_Ctx") -> Tensor:
-        """x [B, S, dim] float32; e0 [B, F, 6, dim] float32 (one modulation per frame)."""
-        nf = e0.shape[1]
+        """x [B, S, dim] float32; e0 [B, F, 6, dim] float32 (one modulation per frame). Split in three so that
+        `compile_dit` can compile the two cache-free parts (the self-attention keeps the KV-cache bookkeeping)."""
+        e, h = self.attn_input(x, e0)
+        return self.rest(x, self.self_attn(h, freqs, ctx), e, cross_kv)
+
+    def attn_input(self, x: Tensor, e0: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
         e = (self.modulation.float().unsqueeze(1) + e0).chunk(6, dim=2)  # each [B, F, 1, dim]
+        return e, _per_frame(self.norm1(x).float(), e[1], e[0])
 
-        def per_frame(h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-            return (h.unflatten(1, (nf, -1)) * (1 + scale) + shift).flatten(1, 2)
-
-        def gated(y: Tensor, gate: Tensor) -> Tensor:
-            return (y.float().unflatten(1, (nf, -1)) * gate).flatten(1, 2)
-
-        y = self.self_attn(per_frame(self.norm1(x).float(), e[1], e[0]), freqs, ctx)
-        x = x + gated(y, e[2])
+    def rest(self, x: Tensor, y: Tensor, e: tuple[Tensor, ...], cross_kv: tuple[Tensor, Tensor]) -> Tensor:
+        x = x + _gated(y, e[2])
         x = x + self.cross_attn(self.norm3(x), cross_kv).float()
-        h = per_frame(self.norm2(x).float(), e[4], e[3])
+        h = _per_frame(self.norm2(x).float(), e[4], e[3])
         y = _lin(self.ffn[2], self.ffn[1](_lin(self.ffn[0], h)))
-        return x + gated(y, e[5])
+        return x + _gated(y, e[5])
+
+
+def _per_frame(h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """Per-frame modulation of tokens [B, F*L, dim] by scale/shift [B, F, 1, dim]."""
+    return (h.unflatten(1, (scale.shape[1], -1)) * (1 + scale) + shift).flatten(1, 2)
+
+
+def _gated(y: Tensor, gate: Tensor) -> Tensor:
+    return (y.float().unflatten(1, (gate.shape[1], -1)) * gate).flatten(1, 2)
+
+
+def compile_dit(dit: "WanDiT") -> "WanDiT":
+    """torch.compile each block's cache-free parts (modulation, norms, cross-attention, FFN) with dynamic shapes,
+    so that a video compiles once and no block recompiles; the self-attention with its KV cache stays eager."""
+    for blk in dit.blocks:
+        blk.attn_input = torch.compile(blk.attn_input, dynamic=True)
+        blk.rest = torch.compile(blk.rest, dynamic=True)
+    return dit
 
 
 class WanHead(nn.Module):
