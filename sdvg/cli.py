@@ -72,6 +72,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the DiTs' cache-free block parts (dynamic shapes: compiled once per run)")
+    g.add_argument("--fp8-target", action="store_true",
+                   help="optional: float8 weight-only target (torchao's quantize_, if installed; GPUs with fp8)")
+    g.add_argument("--scorer-batch", type=BLOCKS, default=None,
+                   help="most frames per scorer forward (default: a whole block in one call); caps memory")
 
 
 def cache_flags(args: argparse.Namespace) -> dict:
@@ -82,6 +86,12 @@ def cache_flags(args: argparse.Namespace) -> dict:
 
 def load_models(args: argparse.Namespace):
     models = _load_models(args)
+    if args.fp8_target and models.target is not None:
+        from sdvg.wan import quantize_fp8
+
+        quantize_fp8(models.target)
+    if args.scorer_batch and hasattr(models.scorer, "max_batch"):
+        models.scorer.max_batch = args.scorer_batch
     if args.compile:
         from sdvg.wan import compile_dit
 

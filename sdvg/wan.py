@@ -199,6 +199,17 @@ def _gated(y: Tensor, gate: Tensor) -> Tensor:
     return (y.float().unflatten(1, (gate.shape[1], -1)) * gate).flatten(1, 2)
 
 
+def quantize_fp8(dit: "WanDiT") -> "WanDiT":
+    """float8 weight-only linear layers through torchao (optional: `pip install torchao`; for the 14B target on
+    GPUs with fp8 support). Not used by default, and not part of the fidelity tests."""
+    try:
+        from torchao.quantization import float8_weight_only, quantize_
+    except ImportError:
+        raise ValueError("--fp8-target needs torchao: pip install torchao (optional; a GPU with fp8 support)") from None
+    quantize_(dit, float8_weight_only())
+    return dit
+
+
 def compile_dit(dit: "WanDiT") -> "WanDiT":
     """torch.compile each block's cache-free parts (modulation, norms, cross-attention, FFN) with dynamic shapes,
     so that a video compiles once and no block recompiles; the self-attention with its KV cache stays eager."""

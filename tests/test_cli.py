@@ -117,3 +117,17 @@ def test_setup_paper_runs_the_krea_recipe_from_real_format_checkpoints(tmp_path)
     assert [b["target_forwards"] for b in trace["blocks"]] == [b.target_forwards for b in ref.trace.blocks]
     assert trace["blocks"][0]["target_forwards"] == 5  # Krea's 5 passes
     assert [b["score"] for b in trace["blocks"]] == [b.score for b in ref.trace.blocks]
+
+
+def test_speed_flags(tmp_path, capsys):
+    """--overlap gives the same video as the sequential loop; --fp8-target without torchao says how to get it."""
+    import importlib.util
+
+    base = ["generate", "a red circle", "--models", "tiny", "--no-progress", "--tau", "0.001"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 0
+    assert main(base + ["--out", str(tmp_path / "b"), "--overlap", "--scorer-batch", "5"]) == 0
+    a, b = (json.loads(next((tmp_path / d).glob("*.json")).read_text()) for d in "ab")
+    assert a["accepted"] == b["accepted"] and not a["overlap"] and b["overlap"]
+    if importlib.util.find_spec("torchao") is None:
+        assert main(base + ["--out", str(tmp_path / "c"), "--fp8-target"]) == 2
+        assert "pip install torchao" in capsys.readouterr().err
