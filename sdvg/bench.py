@@ -92,13 +92,6 @@ def shard(n: int, rank: int, world: int) -> list[int]:
     return list(range(rank, n, world))
 
 
-def finished_keys(out: Path) -> set[str]:
-    keys = set()
-    for f in [out / "results.jsonl", *sorted(out.glob("results.rank*.jsonl"))]:
-        keys.update(r["key"] for r in read_jsonl(f))
-    return keys
-
-
 def merge_results(out: Path) -> list[dict]:
     """Union of all rank files and the merged file, one row per key, in (prompt, sample, run) order."""
     rows: dict[str, dict] = {}
@@ -364,7 +357,7 @@ def bench_main(argv: list[str]) -> int:
     out = prepare_out_dir(args.out, recursive_clean=True)
     rank, world = _dist()
     models = load_models(args)
-    prompts = user_prompts or list(models.prompts)[: models.bench_prompts]
+    prompts = user_prompts or list(models.prompts)
     if not prompts:
         raise ValueError("no prompts: pass --prompts FILE")
     runs = plan_runs(modes, args.taus or list(models.default_taus), args.stitch_steps)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from sdvg.config import DECODER_RULES, MODEL_PRESETS
-from sdvg.routers import ROUTERS
+from sdvg.routers import router_names
 from sdvg.settings import (BLOCKS, FPS, MODES, RATE, RECOMPUTE, SAMPLES, SEED, SINKS, SIZE, STEPS, TAU, WINDOW,
                            check_cache, check_prompt, check_run, glue_negative_values)
 
@@ -210,7 +210,7 @@ def generate_main(argv: list[str]) -> int:
     p.add_argument("--prompts-file", help="one prompt per line")
     p.add_argument("--mode", choices=MODES, default="sdvg")
     p.add_argument("--tau", type=TAU, default=None, help="accept threshold (default: the model set's; inf, -inf ok)")
-    p.add_argument("--router", choices=ROUTERS, default="threshold")
+    p.add_argument("--router", choices=router_names(), default="threshold")
     p.add_argument("--accept-rate", type=RATE, default=0.5, help="for --router random / percentile, in [0, 1]")
     p.add_argument("--stitch-steps", type=STEPS, default=0,
                    help="hybrid (--mode sdvg): on reject keep the drafter's first k steps; --mode stitch: k")

@@ -148,12 +148,6 @@ class VideoConfig:
         return 1 + (self.latent_frames - 1) * self.vae_stride[0]
 
 
-VIDEO_PRESETS: dict[str, VideoConfig] = {
-    "wan-480p": VideoConfig(),
-    "tiny": VideoConfig(height=32, width=32, num_blocks=3, frames_per_block=3),
-}
-
-
 @dataclass(frozen=True)
 class ModelPreset:
     """What a checkpoint family needs besides its weights: the DiT's shape, its few-step schedule, and where the
@@ -209,11 +203,6 @@ class SDVGConfig:
     seed: int = 0
 
 
-def with_overrides(cfg, **kw):
-    """`dataclasses.replace` that ignores None values (CLI flags left unset)."""
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
-
-
 __all__ = ["DiTConfig", "DIT_PRESETS", "dit_preset", "SamplerConfig", "CacheConfig", "VideoConfig", "ModelPreset",
            "MODEL_PRESETS", "model_preset", "resolve_cache", "KREA_SAMPLER", "DECODER_RULES",
-           "VIDEO_PRESETS", "SDVGConfig", "with_overrides"]
+           "SDVGConfig"]

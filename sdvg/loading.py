@@ -12,7 +12,7 @@ import torch
 
 from sdvg.config import CacheConfig, SamplerConfig, VideoConfig, dit_preset
 from sdvg.pipeline import SDVGPipeline
-from sdvg.routers import NEEDS_SCORER, build_router
+from sdvg.routers import build_router, needs_scorer
 from sdvg.sampler import BlockModel
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -47,8 +47,7 @@ class ModelSet:
     device: torch.device = torch.device("cpu")
     aux_device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
-    prompts: tuple[str, ...] = ()  # a default prompt set (the embedded world ships one)
-    bench_prompts: int | None = None  # how many of them `sdvg bench` takes by default
+    prompts: tuple[str, ...] = ()  # a default prompt set (the embedded world ships one; `sdvg bench` runs it)
     # Per-model settings from the model presets (None: the shared `sampler` / `cache` above), and the decoder rule
     # of the emitted video (None: the decoder's own, upstream Wan).
     drafter_sampler: SamplerConfig | None = None
@@ -75,7 +74,7 @@ class ModelSet:
         tau = self.default_tau if tau is None else tau
         r = build_router(router, scorer=self.scorer, tau=tau, accept_rate=accept_rate, q=q, seed=seed,
                          prefix_blocks=prefix_blocks) \
-            if (self.scorer is not None or router not in NEEDS_SCORER) else None
+            if (self.scorer is not None or not needs_scorer(router)) else None
         return SDVGPipeline(drafter=block_model(self.drafter, self.drafter_sampler, self.drafter_cache),
                             target=block_model(self.target, self.target_sampler, self.target_cache), decoder=decoder,
                             text_encoder=self.text_encoder, router=r, video=self.video, aux_device=self.aux_device)
@@ -112,8 +111,7 @@ def load_world_models(device: str = "cpu", dtype: str | torch.dtype = "float32",
     return ModelSet(drafter=w.drafter, target=w.target, decoder=w.decoder, text_encoder=w.text_encoder,
                     scorer=w.critic, evaluator=w.evaluator, video=video, default_taus=tuple(w.default_taus),
                     default_tau=w.default_tau, name="world", device=torch.device(device),
-                    aux_device=torch.device(device), dtype=parse_dtype(dtype), prompts=tuple(w.prompts),
-                    bench_prompts=None)
+                    aux_device=torch.device(device), dtype=parse_dtype(dtype), prompts=tuple(w.prompts))
 
 
 def load_checkpoint_models(*, drafter: str | None, target: str | None, vae: str, text_encoder: str,

@@ -9,7 +9,7 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -28,6 +28,9 @@ class Decision:
 
 
 class Router(Protocol):
+    """What the pipeline needs of a router: `name` (traces), `reset`, `decide`; a threshold-style router also has a
+    settable `tau` (traces record it; `StreamControl.set_tau` changes it live). Add one with `register_router`."""
+
     name: str
 
     def reset(self, seed: int) -> None:
@@ -181,34 +184,55 @@ class PercentileRouter:
         return Decision(score >= tau, score, tau, tuple(s.tolist()), len(s))
 
 
-ROUTERS = ("threshold", "mean", "quantile", "cascade", "random", "percentile", "prefix", "accept-all", "reject-all")
-NEEDS_SCORER = ("threshold", "min", "mean", "quantile", "cascade", "percentile")  # the others are content-blind
+@dataclass(frozen=True)
+class RouterSpec:
+    """How to build a router from the run's settings (see `register_router`)."""
+
+    factory: Callable[..., Router]  # keyword arguments: scorer, tau, accept_rate, q, seed, prefix_blocks, name
+    needs_scorer: bool
+
+
+_ROUTERS: dict[str, RouterSpec] = {}
+
+
+def register_router(name: str, factory: Callable[..., Router], needs_scorer: bool) -> None:
+    """Make `build_router(name, ...)` call `factory(scorer=, tau=, accept_rate=, q=, seed=, prefix_blocks=, name=)`
+    (it takes what it needs and ignores the rest); the CLI's `--router` choices follow the registry."""
+    _ROUTERS[name] = RouterSpec(factory, needs_scorer)
+
+
+register_router("threshold", lambda scorer, tau, **_: ThresholdRouter(scorer, tau, "min"), True)
+register_router("min", lambda scorer, tau, **_: ThresholdRouter(scorer, tau, "min"), True)
+register_router("mean", lambda scorer, tau, q, name, **_: ThresholdRouter(scorer, tau, name, q, name=name), True)
+register_router("quantile", lambda scorer, tau, q, name, **_: ThresholdRouter(scorer, tau, name, q, name=name), True)
+register_router("cascade", lambda scorer, tau, **_: CascadeRouter(scorer, tau), True)
+register_router("percentile", lambda scorer, tau, accept_rate, **_: PercentileRouter(scorer, accept_rate, tau0=tau),
+                True)
+register_router("random", lambda accept_rate, seed, **_: RandomRouter(accept_rate, seed), False)
+register_router("prefix", lambda prefix_blocks, **_: PrefixRouter(prefix_blocks), False)
+register_router("accept-all", lambda name, **_: ConstantRouter(True, name=name), False)
+register_router("reject-all", lambda name, **_: ConstantRouter(False, name=name), False)
+
+
+def router_names() -> list[str]:
+    return list(_ROUTERS)
+
+
+def needs_scorer(name: str) -> bool:
+    return name in _ROUTERS and _ROUTERS[name].needs_scorer
 
 
 def build_router(name: str, *, scorer: Scorer | None = None, tau: float = -0.7, accept_rate: float = 0.5,
                  q: float = 0.1, seed: int = 0, prefix_blocks: int = 1) -> Router:
-    """Router by name (`ROUTERS`); threshold-style routers need a scorer."""
-    if name in NEEDS_SCORER and scorer is None:
+    """Router by name (`router_names()`); score-based routers need a scorer."""
+    if name not in _ROUTERS:
+        raise ValueError(f"unknown router {name!r}; choose one of {', '.join(_ROUTERS)}")
+    if _ROUTERS[name].needs_scorer and scorer is None:
         raise ValueError(f"router {name!r} needs a scorer")
     check_tau(tau)
     check_rate(accept_rate)
-    if name in ("threshold", "min"):
-        return ThresholdRouter(scorer, tau, "min")
-    if name in ("mean", "quantile"):
-        return ThresholdRouter(scorer, tau, name, q, name=name)
-    if name == "cascade":
-        return CascadeRouter(scorer, tau)
-    if name == "random":
-        return RandomRouter(accept_rate, seed)
-    if name == "percentile":
-        return PercentileRouter(scorer, accept_rate, tau0=tau)
-    if name == "prefix":
-        return PrefixRouter(prefix_blocks)
-    if name == "accept-all":
-        return ConstantRouter(True, name=name)
-    if name == "reject-all":
-        return ConstantRouter(False, name=name)
-    raise ValueError(f"unknown router {name!r}; choose one of {', '.join(ROUTERS)}")
+    return _ROUTERS[name].factory(scorer=scorer, tau=tau, accept_rate=accept_rate, q=q, seed=seed,
+                                  prefix_blocks=prefix_blocks, name=name)
 
 
 def acceptance_by_position(decisions: Sequence[Sequence[bool | None]]) -> list[float | None]:

@@ -112,8 +112,7 @@ Callback = Callable[[int, Tensor, Tensor], None]
 class BlockModel:
     """A DiT with its KV cache and the block sampler; the drafter and the target are two instances.
 
-    `forwards` counts DiT calls (a batched commit or a cache rebuild counts once); `frames_forwarded` counts the
-    latent frames those calls processed.
+    `forwards` counts DiT calls (a batched commit or a cache rebuild counts once).
     """
 
     def __init__(self, dit, video: VideoConfig, sampler: SamplerConfig = SamplerConfig(),
@@ -134,7 +133,6 @@ class BlockModel:
         self.num_steps = len(self.t_list)
         self.fpb = video.frames_per_block
         self.forwards = 0
-        self.frames_forwarded = 0
         self.kv: KVCache | None = None
         self.context: Tensor | None = None
         self._pending: list[tuple[int, Tensor]] = []  # append: queued commits
@@ -186,7 +184,6 @@ class BlockModel:
         tt = torch.full((b, f), float(t), device=self.device, dtype=torch.float32) if not torch.is_tensor(t) \
             else t.to(self.device, torch.float32).reshape(1, 1).expand(b, f)
         self.forwards += 1
-        self.frames_forwarded += f
         with torch.no_grad():
             return self.dit(x.to(self.device, self.dtype), tt, self.context, cache=self.kv, start_frame=start_frame,
                             block_frames=block_frames)

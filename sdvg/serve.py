@@ -112,7 +112,7 @@ class StartRequest:
 
     @classmethod
     def parse(cls, msg: dict, max_blocks: int) -> "StartRequest":
-        from sdvg.routers import ROUTERS
+        from sdvg.routers import router_names
         from sdvg.settings import check_int, check_prompt, check_rate, check_run, check_seed, check_tau
 
         known = {f for f in cls.__dataclass_fields__}
@@ -125,8 +125,8 @@ class StartRequest:
         check_run(req.mode, req.stitch_steps, "own")
         if req.tau is not None:
             check_tau(req.tau)
-        if req.router not in ROUTERS:
-            raise ValueError(f"unknown router {req.router!r}; choose one of {', '.join(ROUTERS)}")
+        if req.router not in router_names():
+            raise ValueError(f"unknown router {req.router!r}; choose one of {', '.join(router_names())}")
         check_rate(req.accept_rate)
         if req.num_blocks is not None:
             check_int(req.num_blocks, "num_blocks", 1)

@@ -328,14 +328,14 @@ class WanDiT(nn.Module):
 
     # --- forward -------------------------------------------------------------------------------------------------
     def forward(self, x: Tensor, t: Tensor, context: Tensor, *, cache=None, start_frame: int = 0,
-                block_frames: int | None = None, rope_offset: int | None = None) -> Tensor:
+                block_frames: int | None = None) -> Tensor:
         """Flow prediction v [B, C, F, H, W] for noisy latents x at per-frame timesteps t ([B, F] or [B]).
 
         With `cache`, the input frames occupy absolute frame slots [start_frame, start_frame + F): their K/V are
         written there (appended the first time, overwritten later) and queries attend to the cache's visible earlier
         frames plus their own block. Input spanning several blocks (`block_frames`) is block-causal among itself.
         Without a cache the attention is over the input only (block-causal if `block_frames`).
-        RoPE frame positions are `rope_offset` (default `start_frame`) + local frame index.
+        RoPE frame positions are `start_frame` + local frame index.
         """
         cfg = self.cfg
         b, _, nf, hh, ww = x.shape
@@ -352,7 +352,7 @@ class WanDiT(nn.Module):
 
         h = self.patchify(x).float()
         e, e0 = self.time_embed(t)
-        pos0 = start_frame if rope_offset is None else rope_offset
+        pos0 = start_frame
         freqs = rope_freqs(cfg.head_dim, torch.arange(grid[0], device=x.device) + pos0, grid[1], grid[2])
         if cache is not None:
             cross = cache.cross_for(self, context)

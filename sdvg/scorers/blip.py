@@ -63,7 +63,7 @@ class ImageRewardConfig:
             n_tok = sd["blip.visual_encoder.pos_embed"].shape[1]
             hidden = sd["blip.visual_encoder.blocks.0.mlp.fc1.weight"].shape[0]
         except KeyError as e:
-            raise KeyError(f"checkpoint lacks {e.args[0]!r}; is it an ImageReward state_dict? {FILES_HELP}") from None
+            raise ValueError(f"checkpoint lacks {e.args[0]!r}; is it an ImageReward state_dict? {FILES_HELP}") from None
         layers = len({k.split(".")[3] for k in sd if k.startswith("blip.visual_encoder.blocks.")})
         width, patch = w.shape[0], w.shape[-1]
         heads = vision_heads or max(1, width // 64)

@@ -66,7 +66,7 @@ def check_state(model: ImageRewardModel, sd: dict[str, torch.Tensor]) -> None:
     if missing or unexpected or wrong:
         parts = [f"{name} ({len(xs)}): {xs[:8]}{' ...' if len(xs) > 8 else ''}"
                  for name, xs in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if xs]
-        raise KeyError("checkpoint does not match ImageReward v1.0 (blip.* + mlp.*): " + "; ".join(parts)
+        raise ValueError("checkpoint does not match ImageReward v1.0 (blip.* + mlp.*): " + "; ".join(parts)
                        + f". {FILES_HELP}")
 
 
