@@ -7,7 +7,6 @@ every rank takes prompts round-robin, writes DIR/results.rank{R}.jsonl, and rank
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -325,7 +324,7 @@ def plot_pareto(path: Path, summary: list[dict]) -> None:
 
 
 def bench_main(argv: list[str]) -> int:
-    from sdvg.cli import Parser, add_model_args, check_model_args, load_models, parse_args
+    from sdvg.flags import Parser, add_model_args, check_model_args, load_models, parse_args
     from sdvg.settings import FPS, LIMIT, SAMPLES, SEED, STEPS, TAUS
 
     p = Parser(prog="sdvg bench", description=__doc__.split("\n")[0])

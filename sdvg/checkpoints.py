@@ -9,7 +9,6 @@ Only local paths are read (no hub).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -586,7 +585,7 @@ def format_report(r: InspectReport) -> str:
 
 
 def inspect_main(argv: list[str] | None = None) -> int:
-    from sdvg.cli import Parser
+    from sdvg.flags import Parser
 
     ap = Parser(prog="sdvg inspect", description="identify a checkpoint and check it loads strictly "
                                  "(reads headers only)")

@@ -23,7 +23,7 @@ from sdvg.live import PromptSchedule, StreamControl
 from sdvg.proposer import Proposer
 from sdvg.routers import Decision, Router
 from sdvg.sampler import BlockModel, add_noise, block_noise, handoff_step
-from sdvg.settings import MODES, check_prompt, check_run, check_seed
+from sdvg.settings import check_prompt, check_run, check_seed
 
 Mode = Literal["sdvg", "target", "draft", "stitch"]
 

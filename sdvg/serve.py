@@ -321,7 +321,7 @@ def create_app(models, *, max_sessions: int = 4, max_blocks: int = 10_000, fmt: 
 
 
 def serve_main(argv: list[str]) -> int:
-    from sdvg.cli import Parser, add_model_args, check_model_args, load_models, parse_args
+    from sdvg.flags import Parser, add_model_args, check_model_args, load_models, parse_args
 
     p = Parser(prog="sdvg serve", description="live speculative generation over WebSocket, with a web page")
     p.add_argument("--host", default="127.0.0.1")
