@@ -366,7 +366,7 @@ def load_wan_vae(path: str | Path, device: str | torch.device = "cpu", dtype: to
     the streaming decoder's cache rule ("wan", or "krea" for Krea Realtime's decoder)."""
     from diffusers import AutoencoderKLWan
 
-    from sdvg.checkpoints import _iter_tensors, _open, check_keys, params_on_meta
+    from sdvg.tensorfiles import check_keys, iter_tensors, open_tensors, params_on_meta
 
     p = Path(path)
     if not p.exists():
@@ -380,7 +380,7 @@ def load_wan_vae(path: str | Path, device: str | torch.device = "cpu", dtype: to
         if cfg.get("_class_name") not in (None, "AutoencoderKLWan"):
             raise ValueError(f"{p}: config.json is for {cfg.get('_class_name')}, not AutoencoderKLWan")
         config = config or {k: v for k, v in cfg.items() if not k.startswith("_")}
-    src = _open(p)
+    src = open_tensors(p)
     if src.naming not in ("vae-original", "vae-diffusers"):
         raise ValueError(f"{p}: not a Wan VAE checkpoint (looks like {src.fmt!r})")
     nrb = vae_num_res_blocks(src.shapes)
@@ -401,7 +401,7 @@ def load_wan_vae(path: str | Path, device: str | torch.device = "cpu", dtype: to
                    hint="Expected a diffusers AutoencoderKLWan")
     device = torch.device(device)
     sd = {vae_key_to_diffusers(to_orig(k[len(src.prefix):]), nrb): t.to(device, dtype, copy=True)
-          for k, t in _iter_tensors(src)}
+          for k, t in iter_tensors(src)}
     vae.load_state_dict(sd, strict=True, assign=True)
     vae.to(device)
     return StreamingDecoder(vae, *_latent_stats(vae), rule=rule)

@@ -13,12 +13,58 @@ attention and FFN matmuls run in the parameter dtype; the output has the input's
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sdvg.config import DiTConfig, dit_preset
+
+
+# ---------------------------------------------------------------- key conversion (DiT)
+# (original, diffusers) regex pairs; applied to the key suffix after an optional `blocks.N.`.
+_DIT_TOP = [("head.modulation", "scale_shift_table"), ("head.head.", "proj_out."),
+            ("time_embedding.0.", "condition_embedder.time_embedder.linear_1."),
+            ("time_embedding.2.", "condition_embedder.time_embedder.linear_2."),
+            ("time_projection.1.", "condition_embedder.time_proj."),
+            ("text_embedding.0.", "condition_embedder.text_embedder.linear_1."),
+            ("text_embedding.2.", "condition_embedder.text_embedder.linear_2.")]
+_DIT_BLOCK = [("modulation", "scale_shift_table"), ("self_attn.", "attn1."), ("cross_attn.", "attn2."),
+              ("norm3.", "norm2."), ("ffn.0.", "ffn.net.0.proj."), ("ffn.2.", "ffn.net.2.")]
+_ATTN = [("q.", "to_q."), ("k.", "to_k."), ("v.", "to_v."), ("o.", "to_out.0."), ("norm_q.", "norm_q."),
+         ("norm_k.", "norm_k.")]
+DIT_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.*)$")
+
+
+def _swap(key: str, table: list[tuple[str, str]], to_diffusers: bool) -> str | None:
+    for a, b in table:
+        src, dst = (a, b) if to_diffusers else (b, a)
+        if key == src or (src.endswith(".") and key.startswith(src)):
+            return dst + key[len(src):]
+    return None
+
+
+def dit_key_to_diffusers(key: str) -> str:
+    return _dit_key(key, True)
+
+
+def dit_key_to_original(key: str) -> str:
+    return _dit_key(key, False)
+
+
+def _dit_key(key: str, to_diffusers: bool) -> str:
+    m = DIT_BLOCK_KEY.match(key)
+    if not m:
+        return _swap(key, _DIT_TOP, to_diffusers) or key
+    n, rest = m.groups()
+    new = _swap(rest, _DIT_BLOCK, to_diffusers)
+    if new is None:
+        return key
+    for attn in (("self_attn.", "cross_attn.") if not to_diffusers else ("attn1.", "attn2.")):
+        if new.startswith(attn):
+            new = attn + (_swap(new[len(attn):], _ATTN, to_diffusers) or new[len(attn):])
+    return f"blocks.{n}.{new}"
 
 __all__ = ["WanDiT", "sinusoidal_embedding", "rope_freqs", "apply_rope", "block_causal_mask"]
 
