@@ -241,6 +241,7 @@ class SDVGPipeline:
             dec.reset()
             if self.router is not None:
                 self.router.reset(seed)
+            self._scorer_call("reset")
             prompts = PromptSchedule(prompt, context)
             why = self.overlap_blocker(mode, drafter_context, control) if overlap else "off"
             if overlap and why:
@@ -331,6 +332,7 @@ class SDVGPipeline:
                     drafter_forwards=(drafter_fwd if drafter_fwd is not None else d.forwards - fwd0[0] if d else 0),
                     target_forwards=(t.forwards if t else 0) - fwd0[1],
                     ms=ms)
+                self._scorer_call("remember", frames)  # a scorer that carries state across blocks sees the emitted
                 _sync(self.device)
                 ms["block"] = 1000 * (time.perf_counter() - t_block)  # the critical path of this block
                 if trace is not None:
@@ -355,6 +357,13 @@ class SDVGPipeline:
         if control is not None:
             return "live control (prompt/τ changes) needs each block drafted after the previous decision"
         return None
+
+    def _scorer_call(self, hook: str, *args) -> None:
+        """Stateful scorers (`FlickerScorer(carry=True)`): `reset()` at each video, `remember(frames)` with each
+        emitted block (after a rejection the emitted block is the target's, not the scored draft)."""
+        fn = getattr(getattr(self.router, "scorer", None), hook, None)
+        if callable(fn):
+            fn(*args)
 
     def _draft(self, b: int, noise, step_noises, ms: dict) -> tuple[torch.Tensor, dict]:
         states: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

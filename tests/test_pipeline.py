@@ -170,3 +170,18 @@ def test_overlap_falls_back_and_says_why(models):
     assert pipe.overlap_blocker("target", "own", None) and pipe.overlap_blocker("sdvg", "own", None) is None
     reencode = models.pipeline(tau=0.001, cache=CacheConfig(policy="recompute", recompute_frames=3))
     assert "anchor" in reencode.overlap_blocker("sdvg", "own", None)
+
+
+def test_a_carrying_scorer_is_reset_per_video_and_remembers_the_emitted_frames():
+    """FlickerScorer(carry=True): the pipeline resets it at each video and hands it each emitted block, so the same
+    video scores the same twice, and after a rejection the next draft is compared with the target's frames."""
+    from sdvg.routers import ThresholdRouter
+    from sdvg.scorers import FlickerScorer
+
+    models = load_tiny_models(seed=0, num_blocks=4)
+    pipe = models.pipeline(tau=0.0)
+    sc = FlickerScorer(carry=True)
+    pipe.router = ThresholdRouter(sc, -0.05)
+    a, b = pipe(PROMPT, seed=5), pipe(PROMPT, seed=5)
+    assert [x.score for x in a.trace.blocks] == [x.score for x in b.trace.blocks]
+    assert torch.equal(sc._last, a.frames[-1:])  # the last emitted frame

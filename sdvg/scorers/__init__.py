@@ -1,7 +1,7 @@
 """Frame scorers: `score(frames[F,3,H,W] in [0,1], prompt) -> Tensor[F]`, higher is better.
 
-`build_scorer(name, **paths)` makes one by name; other packages add names with `register_scorer` (the embedded world
-registers its critic this way).
+`build_scorer(name, **paths)` makes one by name; other packages add names with `register_scorer`. (The embedded
+world's critic is not registered: `load_world_models()` hands it to the model set directly.)
 """
 from __future__ import annotations
 

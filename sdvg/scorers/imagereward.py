@@ -56,18 +56,16 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def check_state(model: ImageRewardModel, sd: dict[str, torch.Tensor]) -> None:
-    """Strict key/shape check with a readable error (only `position_ids`, a plain arange, may be absent)."""
+def check_state(model: ImageRewardModel, sd: dict[str, torch.Tensor], path: str | Path = "ImageReward") -> None:
+    """Strict key/shape check (`sdvg.tensorfiles.check_keys`); only `position_ids`, a plain arange, may be absent."""
+    from sdvg.tensorfiles import check_keys
+
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    optional = {"blip.text_encoder.embeddings.position_ids"}
-    missing = [k for k in want if k not in sd and k not in optional]
-    unexpected = [k for k in sd if k not in want]
-    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {want[k]}" for k in want if k in sd and tuple(sd[k].shape) != want[k]]
-    if missing or unexpected or wrong:
-        parts = [f"{name} ({len(xs)}): {xs[:8]}{' ...' if len(xs) > 8 else ''}"
-                 for name, xs in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if xs]
-        raise ValueError("checkpoint does not match ImageReward v1.0 (blip.* + mlp.*): " + "; ".join(parts)
-                       + f". {FILES_HELP}")
+    optional = "blip.text_encoder.embeddings.position_ids"
+    if optional not in sd:
+        want.pop(optional, None)
+    check_keys(path, want, {k: tuple(v.shape) for k, v in sd.items()},
+               hint=f"Expected ImageReward v1.0 (blip.* + mlp.*). {FILES_HELP}")
 
 
 def _find(base: Path, names: list[str]) -> Path | None:
@@ -118,7 +116,7 @@ class ImageRewardScorer:
             config = config.with_vision_from(sd, vision_heads)
         with torch.device("meta"):
             model = ImageRewardModel(config)
-        check_state(model, sd)
+        check_state(model, sd, p)
         model.load_state_dict(sd, strict=False, assign=True)
         emb = model.blip.text_encoder.embeddings
         emb.position_ids = torch.arange(config.max_position_embeddings)[None]

@@ -2,7 +2,8 @@
 
 Coloured shapes move on flat backgrounds (64x64 px, 9 blocks of 3 latent frames, 105 frames). Everything is
 shipped and trained from one seed (`python -m sdvg.world.train`): a small Wan VAE, a UMT5-style text encoder, a
-target and a ~14x cheaper drafter (the same Wan DiT class), a learned frame critic (the router's scorer) and a
+target and a drafter with ~1/6 of its multiply-adds (the same Wan DiT class; ~1/4 of its block wall time on a CPU,
+see the model card), a learned frame critic (the router's scorer) and a
 ground-truth evaluator. `load_world()` needs no network. Heavy imports happen inside `load_world` only.
 """
 from __future__ import annotations
@@ -17,8 +18,10 @@ PROMPTS_DIR = Path(__file__).parent
 
 
 def read_prompts(name: str) -> list[str]:
-    """'train' or 'heldout': the shipped default prompt lists (one prompt per line)."""
-    return [p.strip() for p in (PROMPTS_DIR / f"{name}_prompts.txt").read_text().splitlines() if p.strip()]
+    """'train' or 'heldout': the shipped default prompt lists (read by `sdvg.io.read_prompts`, the one reader)."""
+    from sdvg.io import read_prompts as read_file
+
+    return read_file(PROMPTS_DIR / f"{name}_prompts.txt")
 
 
 @dataclass
