@@ -44,8 +44,8 @@ class Budget:
     target_refine_steps: int = 1500
     drafter_steps: int = 2000
     dit_batch: int = 16
-    critic_rollouts: int = 128
-    critic_steps: int = 2000
+    critic_rollouts: int = 512
+    critic_steps: int = 6000
     eval_prompts: int = 12
 
 
