@@ -332,6 +332,8 @@ class SDVGPipeline:
                     drafter_forwards=(drafter_fwd if drafter_fwd is not None else d.forwards - fwd0[0] if d else 0),
                     target_forwards=(t.forwards if t else 0) - fwd0[1],
                     ms=ms)
+                if decision is None and mode == "sdvg" and hasattr(self.router, "observe"):
+                    self.router.observe(b, frames, prompt)  # e.g. the per-prompt threshold reads the target's block 0
                 self._scorer_call("remember", frames)  # a scorer that carries state across blocks sees the emitted
                 _sync(self.device)
                 ms["block"] = 1000 * (time.perf_counter() - t_block)  # the critical path of this block

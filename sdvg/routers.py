@@ -73,12 +73,16 @@ class CascadeRouter:
 
     Safe: if the subset's minimum is already below tau, the full minimum is too, so the block is rejected without
     scoring the rest. Gives exactly the decisions of `ThresholdRouter(how="min")` with fewer scored frames.
+    `delta` (the authors' later variant, router "cascade-delta"): also accept on the subset alone when its minimum
+    is at least tau + delta, an unsafe early accept (an unscored frame may be worse); only a subset minimum within
+    [tau, tau + delta) has the rest of the frames scored.
     """
 
     scorer: Scorer
     tau: float
     stride: int = 4
     name: str = "cascade"
+    delta: float | None = None
 
     def reset(self, seed: int) -> None:
         pass
@@ -88,8 +92,11 @@ class CascadeRouter:
         first = list(range(0, n, self.stride))
         s = torch.full((n,), math.nan)
         s[first] = _scores(self.scorer, frames[first], prompt)
-        if float(s[first].min()) < self.tau:
-            return Decision(False, float(s[first].min()), self.tau, tuple(s.tolist()), len(first))
+        proxy = float(s[first].min())
+        if proxy < self.tau:
+            return Decision(False, proxy, self.tau, tuple(s.tolist()), len(first))
+        if self.delta is not None and proxy >= self.tau + self.delta:
+            return Decision(True, proxy, self.tau, tuple(s.tolist()), len(first))
         rest = [i for i in range(n) if i not in set(first)]
         if rest:
             s[rest] = _scores(self.scorer, frames[rest], prompt)
@@ -154,7 +161,9 @@ class PercentileRouter:
     """Running threshold aiming at a target accept rate.
 
     tau is the (1 - accept_rate) quantile of the last `window` block scores seen (accepted or not), across videos;
-    until `warmup` scores are seen, `tau0` is used. Use it to hit a compute budget without tuning tau by hand.
+    until `warmup` scores are seen, `tau0` is used, or with a prior (the authors' later variant, router
+    "percentile-prior": ImageReward block scores ~ N(0.566, 1.071^2)) the same quantile of the prior. Use it to hit
+    a compute budget without tuning tau by hand.
     """
 
     scorer: Scorer
@@ -164,6 +173,7 @@ class PercentileRouter:
     window: int = 256
     how: str = "min"
     name: str = "percentile"
+    prior: tuple[float, float] | None = None  # (mean, sd) of block scores before any are seen
     _history: deque = field(default_factory=deque, repr=False)
 
     def reset(self, seed: int) -> None:
@@ -171,6 +181,10 @@ class PercentileRouter:
 
     def threshold(self) -> float:
         if len(self._history) < self.warmup:
+            if self.prior is not None:
+                from statistics import NormalDist
+
+                return NormalDist(*self.prior).inv_cdf(min(max(1.0 - self.accept_rate, 1e-9), 1 - 1e-9))
             return self.tau0
         return float(torch.tensor(list(self._history)).quantile(1.0 - self.accept_rate))
 
@@ -184,11 +198,43 @@ class PercentileRouter:
         return Decision(score >= tau, score, tau, tuple(s.tolist()), len(s))
 
 
+@dataclass
+class RelativeRouter:
+    """A per-prompt threshold: accept a draft block if its score is at least the target's own block-0 score plus
+    `tau` (an offset, usually negative: "within |tau| of what the target reached"), so one setting transfers across
+    prompts and models whose score scales differ. The pipeline shows it the forced block 0 (`observe`); without one
+    (block 0 routed too) the first routed block's score is the reference."""
+
+    scorer: Scorer
+    tau: float
+    how: str = "min"
+    name: str = "relative"
+    _ref: float | None = field(default=None, repr=False)
+
+    def reset(self, seed: int) -> None:
+        self._ref = None
+
+    def observe(self, block: int, frames: torch.Tensor, prompt: str) -> None:
+        if self._ref is None:
+            self._ref = float(aggregate(_scores(self.scorer, frames, prompt), self.how))
+
+    def decide(self, block: int, frames: torch.Tensor, prompt: str) -> Decision:
+        s = _scores(self.scorer, frames, prompt)
+        score = float(aggregate(s, self.how))
+        if self._ref is None:
+            self._ref = score
+        tau = self._ref + self.tau
+        return Decision(score >= tau, score, tau, tuple(s.tolist()), len(s))
+
+
+IMAGEREWARD_PRIOR = (0.566, 1.071)  # block-score mean and sd the authors' percentile router starts from
+
+
 @dataclass(frozen=True)
 class RouterSpec:
     """How to build a router from the run's settings (see `register_router`)."""
 
-    factory: Callable[..., Router]  # keyword arguments: scorer, tau, accept_rate, q, seed, prefix_blocks, name
+    factory: Callable[..., Router]  # keyword arguments: scorer, tau, accept_rate, q, seed, prefix_blocks, delta, name
     needs_scorer: bool
 
 
@@ -196,7 +242,8 @@ _ROUTERS: dict[str, RouterSpec] = {}
 
 
 def register_router(name: str, factory: Callable[..., Router], needs_scorer: bool) -> None:
-    """Make `build_router(name, ...)` call `factory(scorer=, tau=, accept_rate=, q=, seed=, prefix_blocks=, name=)`
+    """Make `build_router(name, ...)` call `factory(scorer=, tau=, accept_rate=, q=, seed=, prefix_blocks=, delta=,
+    name=)`
     (it takes what it needs and ignores the rest); the CLI's `--router` choices follow the registry."""
     _ROUTERS[name] = RouterSpec(factory, needs_scorer)
 
@@ -208,6 +255,11 @@ register_router("quantile", lambda scorer, tau, q, name, **_: ThresholdRouter(sc
 register_router("cascade", lambda scorer, tau, **_: CascadeRouter(scorer, tau), True)
 register_router("percentile", lambda scorer, tau, accept_rate, **_: PercentileRouter(scorer, accept_rate, tau0=tau),
                 True)
+register_router("cascade-delta", lambda scorer, tau, delta, **_: CascadeRouter(scorer, tau, name="cascade-delta",
+                                                                                delta=delta), True)
+register_router("percentile-prior", lambda scorer, tau, accept_rate, **_: PercentileRouter(
+    scorer, accept_rate, tau0=tau, prior=IMAGEREWARD_PRIOR, name="percentile-prior"), True)
+register_router("relative", lambda scorer, tau, **_: RelativeRouter(scorer, tau), True)
 register_router("random", lambda accept_rate, seed, **_: RandomRouter(accept_rate, seed), False)
 register_router("prefix", lambda prefix_blocks, **_: PrefixRouter(prefix_blocks), False)
 register_router("accept-all", lambda name, **_: ConstantRouter(True, name=name), False)
@@ -223,7 +275,7 @@ def needs_scorer(name: str) -> bool:
 
 
 def build_router(name: str, *, scorer: Scorer | None = None, tau: float = -0.7, accept_rate: float = 0.5,
-                 q: float = 0.1, seed: int = 0, prefix_blocks: int = 1) -> Router:
+                 q: float = 0.1, seed: int = 0, prefix_blocks: int = 1, delta: float = 0.3) -> Router:
     """Router by name (`router_names()`); score-based routers need a scorer."""
     if name not in _ROUTERS:
         raise ValueError(f"unknown router {name!r}; choose one of {', '.join(_ROUTERS)}")
@@ -232,7 +284,7 @@ def build_router(name: str, *, scorer: Scorer | None = None, tau: float = -0.7, 
     check_tau(tau)
     check_rate(accept_rate)
     return _ROUTERS[name].factory(scorer=scorer, tau=tau, accept_rate=accept_rate, q=q, seed=seed,
-                                  prefix_blocks=prefix_blocks, name=name)
+                                  prefix_blocks=prefix_blocks, delta=delta, name=name)
 
 
 def acceptance_by_position(decisions: Sequence[Sequence[bool | None]]) -> list[float | None]:

@@ -88,7 +88,7 @@ def test_generate_from_real_format_checkpoints(tmp_path, capsys):
 
 def test_setup_paper_runs_the_krea_recipe_from_real_format_checkpoints(tmp_path):
     """`--setup paper` (with the tiny shapes' presets): recompute caches of 3 frames with the re-encoded anchor,
-    Krea's 5 passes and decoder for the target, the percentile router at 72%; the same video as the Python API
+    Krea's 5 passes and decoder for the target, the percentile router (ImageReward prior) at 72%; the same video as the Python API
     configured by hand."""
     from sdvg.checkpoints import save_dit
     from sdvg.config import KREA_SAMPLER, CacheConfig
@@ -109,10 +109,10 @@ def test_setup_paper_runs_the_krea_recipe_from_real_format_checkpoints(tmp_path)
             "--out", str(tmp_path / "out"), "--no-progress"]
     assert main(argv) == 0
     trace = json.loads((tmp_path / "out" / f"{video_stem(prompt, 'seed0')}.json").read_text())
-    assert trace["router"] == "percentile" and trace["cache_policy"] == "recompute"
+    assert trace["router"] == "percentile-prior" and trace["cache_policy"] == "recompute"
     m.cache = m.drafter_cache = m.target_cache = CacheConfig(policy="recompute", recompute_frames=3)
     m.target_sampler, m.decoder_rule = KREA_SAMPLER, "krea"
-    ref = m.pipeline(router="percentile", accept_rate=0.72, seed=0)(prompt, seed=trace["seed"])
+    ref = m.pipeline(router="percentile-prior", accept_rate=0.72, seed=0)(prompt, seed=trace["seed"])
     assert [b["accepted"] for b in trace["blocks"]] == [b.accepted for b in ref.trace.blocks]
     assert [b["target_forwards"] for b in trace["blocks"]] == [b.target_forwards for b in ref.trace.blocks]
     assert trace["blocks"][0]["target_forwards"] == 5  # Krea's 5 passes

@@ -93,3 +93,42 @@ def test_nan_scores_are_an_error():
 
 def test_acceptance_by_position():
     assert acceptance_by_position([[None, True, False], [None, True, True]]) == [None, 1.0, 0.5]
+
+
+def _sharp_frames(levels: list[float]) -> torch.Tensor:
+    """Frames whose SharpnessScorer scores grow with `levels` (noise amplitude): a real scorer with known order."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(1, 3, 16, 16, generator=g) - 0.5
+    return torch.stack([(0.5 + a * base[0]).clamp(0, 1) for a in levels])
+
+
+def test_cascade_delta_accepts_early_on_the_proxy_and_otherwise_matches_the_safe_cascade():
+    from sdvg.routers import CascadeRouter
+    from sdvg.scorers import SharpnessScorer
+
+    sc = SharpnessScorer()
+    frames = _sharp_frames([1.0, 0.1, 0.1, 0.1, 1.0, 0.1, 0.1, 0.1])  # the proxy (frames 0, 4) is sharp, the rest not
+    proxy = float(sc.score(frames[[0, 4]], "").min())
+    tau = float(sc.score(frames, "").min()) * 2  # above the full minimum: the safe cascade rejects
+    safe = CascadeRouter(sc, tau).decide(1, frames, "")
+    assert not safe.accept and safe.frames_scored == len(frames)
+    early = CascadeRouter(sc, tau, delta=proxy - tau - 1e-9).decide(1, frames, "")
+    assert early.accept and early.frames_scored == 2  # the unsafe early accept, on 2 of 8 frames
+    late = CascadeRouter(sc, tau, delta=proxy - tau + 1.0).decide(1, frames, "")
+    assert not late.accept and late.frames_scored == len(frames)
+
+
+def test_percentile_prior_and_relative_threshold():
+    from statistics import NormalDist
+
+    from sdvg.loading import load_tiny_models
+    from sdvg.routers import IMAGEREWARD_PRIOR, build_router
+    from sdvg.scorers import SharpnessScorer
+
+    r = build_router("percentile-prior", scorer=SharpnessScorer(), accept_rate=0.72)
+    assert r.threshold() == pytest.approx(NormalDist(*IMAGEREWARD_PRIOR).inv_cdf(0.28))
+    models = load_tiny_models(seed=0, num_blocks=4)
+    pipe = models.pipeline(router="relative", tau=-0.001)
+    out = pipe("a red circle", seed=2)
+    ref = float(models.scorer.score(out.frames[:9], "a red circle").min())  # the target's block 0, as emitted
+    assert [b.threshold for b in out.trace.blocks[1:]] == [pytest.approx(ref - 0.001)] * 3
