@@ -19,7 +19,7 @@ from sdvg.io import (append_jsonl, atomic_path, export_to_video, prepare_out_dir
 from sdvg.seeding import video_seed
 
 ALL_MODES = ("target", "draft", "sdvg", "random", "prefix", "mean", "first", "hybrid", "stitch", "cascade",
-             "cascade-delta")
+             "cascade-delta", "vvs")
 DEFAULT_MODES = ("target", "draft", "sdvg", "random", "prefix", "mean", "first", "hybrid")
 MATCHED = ("random", "prefix")  # content-blind baselines matched per video to SDVG's routing at the same tau
 
@@ -28,7 +28,7 @@ MATCHED = ("random", "prefix")  # content-blind baselines matched per video to S
 class Run:
     """One configuration of the study, run once per (prompt, sample)."""
 
-    label: str  # target | draft | sdvg | random | prefix | mean | first | hybrid | stitch | cascade | cascade-delta
+    label: str  # target | draft | sdvg | random | prefix | mean | first | hybrid | stitch | cascade(-delta) | vvs
     mode: str  # the pipeline mode
     tau: float | None = None
     router: str | None = None
@@ -63,9 +63,9 @@ def plan_runs(modes: list[str], taus: list[float], stitch_steps: int) -> list[Ru
             runs.append(Run("sdvg", "sdvg", tau, "threshold"))
         if "mean" in modes:
             runs.append(Run("mean", "sdvg", tau, "mean"))
-        for cascade in ("cascade", "cascade-delta"):  # the safe cascade, and the authors' unsafe early accept
-            if cascade in modes:
-                runs.append(Run(cascade, "sdvg", tau, cascade))
+        for name in ("cascade", "cascade-delta", "vvs"):  # safe cascade, the authors' early accept, skipping
+            if name in modes:
+                runs.append(Run(name, "sdvg", tau, name))
         if "hybrid" in modes:
             runs.append(Run("hybrid", "sdvg", tau, "threshold", stitch_steps))
         if "random" in modes:

@@ -46,7 +46,8 @@ class BlockTrace:
     frame_scores: list[float]
     drafter_forwards: int
     target_forwards: int
-    ms: dict[str, float]  # draft, decode, score, target, commit
+    ms: dict[str, float]  # draft, decode, score, target, commit; block: the block's critical path
+    skipped: str | None = None  # "draft": not drafted, the target made it; "score": accepted unscored (router vvs)
 
 
 @dataclass
@@ -258,7 +259,7 @@ class SDVGPipeline:
                 drafter_fwd: int | None = None  # a proposer's block: its count (d.forwards moves on its thread)
                 noise, step_noises = block_noise(seed, b, self._block_shape(), self._num_steps, device=self.device)
                 decision: Decision | None = None
-                frames = draft = draft_frames = None
+                frames = draft = draft_frames = skipped = None
                 if mode == "draft":
                     with _timed(ms, "draft", self.device):
                         x = draft = d.denoise(b, noise, step_noises)
@@ -282,6 +283,12 @@ class SDVGPipeline:
                         x = self._finish_stitch(b, stitch_steps, x_k, states[stitch_steps - 1][1], noise,
                                                 step_noises)
                     src = "stitch"
+                elif hasattr(self.router, "skip_draft") and self.router.skip_draft(b):  # draft skipping (vvs)
+                    with _timed(ms, "commit", self.device):
+                        t.flush()
+                    with _timed(ms, "target", self.device):
+                        x = t.denoise(b, noise, step_noises)
+                    src, skipped = "target", "draft"
                 else:  # sdvg: draft (or take the proposer's), decode after a snapshot, route
                     if not why and proposer is None:
                         proposer = Proposer(d, seed, self._block_shape(), self._num_steps, b, self.video.num_blocks,
@@ -296,6 +303,8 @@ class SDVGPipeline:
                     frames = draft_frames = self._decode(draft, ms)
                     with _timed(ms, "score", self.aux_device):
                         decision = self.router.decide(b, frames, prompt)
+                    if decision.skipped:
+                        skipped = "score"
                     if decision.accept:
                         x, src = draft, "draft"
                     else:
@@ -325,14 +334,15 @@ class SDVGPipeline:
                     own = drafter_context == "own" and draft is not None
                     d.commit(b, draft if own else x, draft_frames if own else frames)
                 bt = BlockTrace(
-                    index=b, source=src, accepted=None if decision is None else bool(decision.accept),
+                    index=b, source=src, skipped=skipped,
+                    accepted=(False if skipped == "draft" else None if decision is None else bool(decision.accept)),
                     score=None if decision is None else decision.score,
                     threshold=None if decision is None else decision.threshold,
                     frame_scores=[] if decision is None else list(decision.frame_scores),
                     drafter_forwards=(drafter_fwd if drafter_fwd is not None else d.forwards - fwd0[0] if d else 0),
                     target_forwards=(t.forwards if t else 0) - fwd0[1],
                     ms=ms)
-                if decision is None and mode == "sdvg" and hasattr(self.router, "observe"):
+                if decision is None and skipped is None and mode == "sdvg" and hasattr(self.router, "observe"):
                     self.router.observe(b, frames, prompt)  # e.g. the per-prompt threshold reads the target's block 0
                 self._scorer_call("remember", frames)  # a scorer that carries state across blocks sees the emitted
                 _sync(self.device)
@@ -356,6 +366,8 @@ class SDVGPipeline:
             return "with 'emitted' context the drafter waits for each decision"
         if self.drafter.needs_frames:
             return "the drafter's recompute cache re-encodes decoded frames (use --anchor latent)"
+        if hasattr(self.router, "skip_draft"):
+            return "draft skipping (router vvs) decides whether to draft from the previous decisions"
         if control is not None:
             return "live control (prompt/τ changes) needs each block drafted after the previous decision"
         return None

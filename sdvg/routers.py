@@ -25,6 +25,7 @@ class Decision:
     threshold: float | None
     frame_scores: tuple[float, ...] = ()
     frames_scored: int = 0
+    skipped: bool = False  # accepted without scoring (a verification skip)
 
 
 class Router(Protocol):
@@ -227,6 +228,58 @@ class RelativeRouter:
         return Decision(score >= tau, score, tau, tuple(s.tolist()), len(s))
 
 
+@dataclass
+class SkipRouter:
+    """Verification and draft skipping (VVS-style) around the `threshold` router, router "vvs".
+
+    It keeps the margins (score - tau) of the last `window` scored blocks. When all of them are >= `margin`, the
+    next draft is accepted without scoring (`Decision.skipped`, no scorer call); when all are <= -`margin`, the
+    next block is not drafted at all (`skip_draft`: the target makes it; no drafter, decode or scorer work). At most
+    `max_skips` blocks in a row are skipped, then one is drafted and scored again, so the margins stay current.
+    """
+
+    inner: ThresholdRouter
+    margin: float = 0.2
+    window: int = 2
+    max_skips: int = 2
+    name: str = "vvs"
+    _margins: list = field(default_factory=list, repr=False)
+    _skips: int = field(default=0, repr=False)
+
+    @property
+    def tau(self) -> float:
+        return self.inner.tau
+
+    @tau.setter
+    def tau(self, value: float) -> None:
+        self.inner.tau = value
+
+    def reset(self, seed: int) -> None:
+        self.inner.reset(seed)
+        self._margins, self._skips = [], 0
+
+    def _recent(self) -> list[float] | None:
+        r = self._margins[-self.window:]
+        return r if len(r) == self.window and self._skips < self.max_skips else None
+
+    def skip_draft(self, block: int) -> bool:
+        r = self._recent()
+        if r is not None and max(r) <= -self.margin:
+            self._skips += 1
+            return True
+        return False
+
+    def decide(self, block: int, frames: torch.Tensor, prompt: str) -> Decision:
+        r = self._recent()
+        if r is not None and min(r) >= self.margin:
+            self._skips += 1
+            return Decision(True, None, self.tau, skipped=True)
+        self._skips = 0
+        d = self.inner.decide(block, frames, prompt)
+        self._margins.append(d.score - self.tau)
+        return d
+
+
 IMAGEREWARD_PRIOR = (0.566, 1.071)  # block-score mean and sd the authors' percentile router starts from
 
 
@@ -234,7 +287,7 @@ IMAGEREWARD_PRIOR = (0.566, 1.071)  # block-score mean and sd the authors' perce
 class RouterSpec:
     """How to build a router from the run's settings (see `register_router`)."""
 
-    factory: Callable[..., Router]  # keyword arguments: scorer, tau, accept_rate, q, seed, prefix_blocks, delta, name
+    factory: Callable[..., Router]  # keywords: scorer, tau, accept_rate, q, seed, prefix_blocks, delta, margin, name
     needs_scorer: bool
 
 
@@ -243,7 +296,7 @@ _ROUTERS: dict[str, RouterSpec] = {}
 
 def register_router(name: str, factory: Callable[..., Router], needs_scorer: bool) -> None:
     """Make `build_router(name, ...)` call `factory(scorer=, tau=, accept_rate=, q=, seed=, prefix_blocks=, delta=,
-    name=)`
+    margin=, name=)`
     (it takes what it needs and ignores the rest); the CLI's `--router` choices follow the registry."""
     _ROUTERS[name] = RouterSpec(factory, needs_scorer)
 
@@ -260,6 +313,7 @@ register_router("cascade-delta", lambda scorer, tau, delta, **_: CascadeRouter(s
 register_router("percentile-prior", lambda scorer, tau, accept_rate, **_: PercentileRouter(
     scorer, accept_rate, tau0=tau, prior=IMAGEREWARD_PRIOR, name="percentile-prior"), True)
 register_router("relative", lambda scorer, tau, **_: RelativeRouter(scorer, tau), True)
+register_router("vvs", lambda scorer, tau, margin, **_: SkipRouter(ThresholdRouter(scorer, tau, "min"), margin), True)
 register_router("random", lambda accept_rate, seed, **_: RandomRouter(accept_rate, seed), False)
 register_router("prefix", lambda prefix_blocks, **_: PrefixRouter(prefix_blocks), False)
 register_router("accept-all", lambda name, **_: ConstantRouter(True, name=name), False)
@@ -275,7 +329,8 @@ def needs_scorer(name: str) -> bool:
 
 
 def build_router(name: str, *, scorer: Scorer | None = None, tau: float = -0.7, accept_rate: float = 0.5,
-                 q: float = 0.1, seed: int = 0, prefix_blocks: int = 1, delta: float = 0.3) -> Router:
+                 q: float = 0.1, seed: int = 0, prefix_blocks: int = 1, delta: float = 0.3,
+                 margin: float = 0.2) -> Router:
     """Router by name (`router_names()`); score-based routers need a scorer."""
     if name not in _ROUTERS:
         raise ValueError(f"unknown router {name!r}; choose one of {', '.join(_ROUTERS)}")
@@ -284,7 +339,7 @@ def build_router(name: str, *, scorer: Scorer | None = None, tau: float = -0.7, 
     check_tau(tau)
     check_rate(accept_rate)
     return _ROUTERS[name].factory(scorer=scorer, tau=tau, accept_rate=accept_rate, q=q, seed=seed,
-                                  prefix_blocks=prefix_blocks, delta=delta, name=name)
+                                  prefix_blocks=prefix_blocks, delta=delta, margin=margin, name=name)
 
 
 def acceptance_by_position(decisions: Sequence[Sequence[bool | None]]) -> list[float | None]:

@@ -132,3 +132,19 @@ def test_percentile_prior_and_relative_threshold():
     out = pipe("a red circle", seed=2)
     ref = float(models.scorer.score(out.frames[:9], "a red circle").min())  # the target's block 0, as emitted
     assert [b.threshold for b in out.trace.blocks[1:]] == [pytest.approx(ref - 0.001)] * 3
+
+
+def test_vvs_skips_scoring_on_a_high_margin_and_drafting_on_a_low_one():
+    from sdvg.loading import load_tiny_models
+
+    models = load_tiny_models(seed=0, num_blocks=8)
+    acc = models.pipeline(router="vvs", tau=-math.inf)("a red circle", seed=1)
+    assert [b.skipped for b in acc.trace.blocks] == [None, None, None, "score", "score", None, "score", "score"]
+    assert all(b.accepted for b in acc.trace.blocks[1:]) and acc.trace.blocks[3].frame_scores == []
+    rej = models.pipeline(router="vvs", tau=math.inf)("a red circle", seed=1)
+    assert [b.skipped for b in rej.trace.blocks] == [None, None, None, "draft", "draft", None, "draft", "draft"]
+    assert [b.accepted for b in rej.trace.blocks[1:]] == [False] * 7
+    assert all(b.ms.get("draft") is None for b in rej.trace.blocks if b.skipped == "draft")
+    target = models.pipeline()("a red circle", seed=1, mode="target")
+    assert torch.equal(rej.frames, target.frames)  # every block is the target's, skipped or not
+    assert rej.trace.drafter_forwards < models.pipeline(tau=math.inf)("a red circle", seed=1).trace.drafter_forwards
