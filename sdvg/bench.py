@@ -19,7 +19,7 @@ from sdvg.io import (append_jsonl, atomic_path, export_to_video, prepare_out_dir
 from sdvg.seeding import video_seed
 
 ALL_MODES = ("target", "draft", "sdvg", "random", "prefix", "mean", "first", "hybrid", "stitch", "cascade",
-             "cascade-delta", "vvs")
+             "cascade-delta", "vvs", "exact")
 DEFAULT_MODES = ("target", "draft", "sdvg", "random", "prefix", "mean", "first", "hybrid")
 MATCHED = ("random", "prefix")  # content-blind baselines matched per video to SDVG's routing at the same tau
 
@@ -28,7 +28,7 @@ MATCHED = ("random", "prefix")  # content-blind baselines matched per video to S
 class Run:
     """One configuration of the study, run once per (prompt, sample)."""
 
-    label: str  # target | draft | sdvg | random | prefix | mean | first | hybrid | stitch | cascade(-delta) | vvs
+    label: str  # target|draft|sdvg|random|prefix|mean|first|hybrid|stitch|cascade(-delta)|vvs|exact
     mode: str  # the pipeline mode
     tau: float | None = None
     router: str | None = None
@@ -58,6 +58,8 @@ def plan_runs(modes: list[str], taus: list[float], stitch_steps: int) -> list[Ru
         runs.append(Run("first", "sdvg", router="accept-all"))
     if "stitch" in modes:
         runs.append(Run("stitch", "stitch", stitch_steps=stitch_steps))
+    if "exact" in modes:  # exact speculative sampling: the target's distribution, per-step acceptance in the trace
+        runs.append(Run("exact", "exact"))
     for tau in taus:
         if "sdvg" in modes:
             runs.append(Run("sdvg", "sdvg", tau, "threshold"))

@@ -19,13 +19,14 @@ from typing import Callable, Iterator, Literal
 import torch
 
 from sdvg.config import CacheConfig, DiTConfig, VideoConfig
+from sdvg.exact import speculative_sample
 from sdvg.live import PromptSchedule, StreamControl
 from sdvg.proposer import Proposer
 from sdvg.routers import Decision, Router
 from sdvg.sampler import BlockModel, add_noise, block_noise, handoff_step
 from sdvg.settings import check_prompt, check_run, check_seed
 
-Mode = Literal["sdvg", "target", "draft", "stitch"]
+Mode = Literal["sdvg", "target", "draft", "stitch", "exact"]
 
 
 class PipelineBusyError(RuntimeError):
@@ -48,6 +49,7 @@ class BlockTrace:
     target_forwards: int
     ms: dict[str, float]  # draft, decode, score, target, commit; block: the block's critical path
     skipped: str | None = None  # "draft": not drafted, the target made it; "score": accepted unscored (router vvs)
+    steps_accepted: int | None = None  # mode "exact": drafter transitions the target accepted (of num_steps - 1)
 
 
 @dataclass
@@ -259,7 +261,7 @@ class SDVGPipeline:
                 drafter_fwd: int | None = None  # a proposer's block: its count (d.forwards moves on its thread)
                 noise, step_noises = block_noise(seed, b, self._block_shape(), self._num_steps, device=self.device)
                 decision: Decision | None = None
-                frames = draft = draft_frames = skipped = None
+                frames = draft = draft_frames = skipped = steps_ok = None
                 if mode == "draft":
                     with _timed(ms, "draft", self.device):
                         x = draft = d.denoise(b, noise, step_noises)
@@ -283,6 +285,12 @@ class SDVGPipeline:
                         x = self._finish_stitch(b, stitch_steps, x_k, states[stitch_steps - 1][1], noise,
                                                 step_noises)
                     src = "stitch"
+                elif mode == "exact":  # exact speculative sampling of the drafter's trajectory (sdvg.exact)
+                    with _timed(ms, "draft", self.device):
+                        _, states = self._draft(b, noise, step_noises, {})  # the drafter keeps the emitted blocks
+                    with _timed(ms, "target", self.device):
+                        x, steps_ok = speculative_sample(d, t, b, noise, step_noises, states, seed)
+                    src = "exact"
                 elif hasattr(self.router, "skip_draft") and self.router.skip_draft(b):  # draft skipping (vvs)
                     with _timed(ms, "commit", self.device):
                         t.flush()
@@ -334,7 +342,7 @@ class SDVGPipeline:
                     own = drafter_context == "own" and draft is not None
                     d.commit(b, draft if own else x, draft_frames if own else frames)
                 bt = BlockTrace(
-                    index=b, source=src, skipped=skipped,
+                    index=b, source=src, skipped=skipped, steps_accepted=steps_ok,
                     accepted=(False if skipped == "draft" else None if decision is None else bool(decision.accept)),
                     score=None if decision is None else decision.score,
                     threshold=None if decision is None else decision.threshold,
@@ -481,7 +489,7 @@ class SDVGPipeline:
         check_seed(seed)
         check_run(mode, stitch_steps, drafter_context, (self.drafter or self.target).num_steps)
         needs = {"sdvg": ("drafter", "target", "router"), "target": ("target",), "draft": ("drafter",),
-                 "stitch": ("drafter", "target")}[mode]
+                 "stitch": ("drafter", "target"), "exact": ("drafter", "target")}[mode]
         for name in needs:
             if getattr(self, name) is None:
                 raise ValueError(f"mode {mode!r} needs a {name}")

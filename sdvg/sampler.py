@@ -259,6 +259,16 @@ class BlockModel:
         return min(cur, n)
 
     # --- denoising -----------------------------------------------------------------------------------------------
+    def x0_at(self, block: int, x: Tensor, step: int) -> Tensor:
+        """This model's x0 prediction for block `block` at state x of step `step` (one forward; exact
+        speculative sampling verifies a drafter's states with it). float32."""
+        if block != self._committed:
+            raise ValueError(f"x0_at of block {block}, but {self._committed} blocks are committed")
+        self.flush()
+        t = self.t_list[step]
+        xt = x.to(self.device, self.dtype)
+        return to_x0(self._forward(xt, t, self._start), xt, t, self.table).float()
+
     def denoise(self, block: int, noise: Tensor, step_noises: list[Tensor], start_step: int = 0,
                 x_init: Tensor | None = None, callback: Callback | None = None,
                 stop_step: int | None = None) -> Tensor:

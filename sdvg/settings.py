@@ -9,7 +9,7 @@ import math
 import numbers
 from typing import Any, Callable
 
-MODES: tuple[str, ...] = ("sdvg", "target", "draft", "stitch")
+MODES: tuple[str, ...] = ("sdvg", "target", "draft", "stitch", "exact")
 STITCH_MODES = ("sdvg", "stitch")  # modes in which stitch_steps means something (hybrid sdvg, T-Stitch)
 
 
