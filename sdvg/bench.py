@@ -19,7 +19,9 @@ from sdvg.io import (append_jsonl, atomic_path, export_to_video, prepare_out_dir
 from sdvg.seeding import video_seed
 
 ALL_MODES = ("target", "draft", "sdvg", "random", "prefix", "mean", "first", "hybrid", "stitch", "cascade",
-             "cascade-delta", "vvs", "exact")
+             "cascade-delta", "vvs", "exact", "relative", "percentile-prior")
+RELATIVE_OFFSETS = (-0.2, -0.1, 0.0)  # --modes relative: tau = the target's block-0 score + offset (per prompt)
+PAPER_ACCEPT_RATE = 0.72  # --modes percentile-prior: the authors' running-percentile target
 DEFAULT_MODES = ("target", "draft", "sdvg", "random", "prefix", "mean", "first", "hybrid")
 MATCHED = ("random", "prefix")  # content-blind baselines matched per video to SDVG's routing at the same tau
 
@@ -30,9 +32,10 @@ class Run:
 
     label: str  # target|draft|sdvg|random|prefix|mean|first|hybrid|stitch|cascade(-delta)|vvs|exact
     mode: str  # the pipeline mode
-    tau: float | None = None
+    tau: float | None = None  # relative: the offset from the target's block-0 score
     router: str | None = None
     stitch_steps: int = 0
+    accept_rate: float | None = None  # percentile-prior: the accept rate it aims at
 
     @property
     def key(self) -> str:
@@ -60,6 +63,10 @@ def plan_runs(modes: list[str], taus: list[float], stitch_steps: int) -> list[Ru
         runs.append(Run("stitch", "stitch", stitch_steps=stitch_steps))
     if "exact" in modes:  # exact speculative sampling: the target's distribution, per-step acceptance in the trace
         runs.append(Run("exact", "exact"))
+    if "percentile-prior" in modes:  # one row: the authors' running percentile at their accept rate
+        runs.append(Run("percentile-prior", "sdvg", router="percentile-prior", accept_rate=PAPER_ACCEPT_RATE))
+    if "relative" in modes:  # per-prompt thresholds: offsets from the target's own block-0 score
+        runs += [Run("relative", "sdvg", off, "relative") for off in RELATIVE_OFFSETS]
     for tau in taus:
         if "sdvg" in modes:
             runs.append(Run("sdvg", "sdvg", tau, "threshold"))
@@ -139,7 +146,8 @@ def run_study(models, prompts: list[str], out: Path, *, runs: list[Run], samples
     pipes: dict[tuple, object] = {}
 
     def pipe_for(r: Run, accept_rate: float = 0.5, prefix: int = 1):
-        k = (r.router, r.tau, accept_rate if r.router == "random" else None, prefix if r.router == "prefix" else None)
+        k = (r.router, r.tau, accept_rate if r.router in ("random", "percentile-prior") else None,
+             prefix if r.router == "prefix" else None)
         if k not in pipes:
             pipes[k] = models.pipeline(router=r.router or "reject-all", tau=r.tau, accept_rate=accept_rate,
                                        seed=seed, prefix_blocks=prefix)
@@ -155,7 +163,7 @@ def run_study(models, prompts: list[str], out: Path, *, runs: list[Run], samples
             key = row_key(i, s, r.key)
             if key in done_rows:
                 continue
-            acc, prefix = 0.5, 1
+            acc, prefix = (r.accept_rate if r.accept_rate is not None else 0.5), 1
             if r.label in MATCHED:  # random: SDVG's accept rate on this video; prefix: as many target blocks
                 ref = done_rows[row_key(i, s, Run("sdvg", "sdvg", r.tau).key)]
                 acc = ref["accept_rate"] or 0.0

@@ -103,3 +103,11 @@ def test_torchrun_two_ranks_equal_one_rank_on_the_world(tmp_path):
         assert one[k]["accepted"] == two[k]["accepted"] and one[k]["seed"] == two[k]["seed"]
         assert one[k]["quality"] == pytest.approx(two[k]["quality"], rel=1e-5)
     assert json.loads((tmp_path / "two" / "config.json").read_text())["runs"]
+
+
+def test_plan_has_the_neighbouring_methods():
+    runs = plan_runs(["target", "sdvg", "vvs", "cascade-delta", "exact", "relative", "percentile-prior"], [0.3], 2)
+    keys = [r.key for r in runs]
+    assert keys == ["target", "exact", "percentile-prior", "relative@-0.2", "relative@-0.1", "relative@0", "sdvg@0.3",
+                    "cascade-delta@0.3", "vvs@0.3"]
+    assert next(r for r in runs if r.label == "percentile-prior").accept_rate == 0.72
