@@ -130,6 +130,19 @@ class KVCache:
         fr = self._frames[layer]
         return [fr[i] for a, b in self.visible_slots(layer, end_frame) for i in range(a, b)]
 
+    def visible_before(self, layer: int, start_frame: int, end_frame: int) -> tuple[Tensor, Tensor] | None:
+        """K, V of the frames a block [start_frame, end_frame) sees before itself (what `visible` gives it, minus its
+        own frames), or None: for scoring a batch of candidate blocks without writing them."""
+        lf, fr = self.tokens_per_frame, self._frames[layer]
+        rs = [(a, min(b, next((i for i in range(a, b) if fr[i] >= start_frame), b)))
+              for a, b in self.visible_slots(layer, end_frame)]
+        rs = [(a, b) for a, b in rs if b > a]
+        if not rs:
+            return None
+        ks = [self.k[layer][:, a * lf:b * lf] for a, b in rs]
+        vs = [self.v[layer][:, a * lf:b * lf] for a, b in rs]
+        return (ks[0], vs[0]) if len(rs) == 1 else (torch.cat(ks, dim=1), torch.cat(vs, dim=1))
+
     def visible(self, layer: int, end_frame: int) -> tuple[Tensor, Tensor]:
         """K, V [B, T, heads, head_dim] of the frames visible to the block ending at `end_frame`."""
         lf = self.tokens_per_frame

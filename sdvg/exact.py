@@ -8,9 +8,11 @@ Gaussians (the drafter's noise reflected across the hyperplane between the two m
 distribution, and samples the rest itself. The last step is deterministic (x0), so the output is always the target's
 x0 at the final state: the video is distributed exactly as target-only sampling.
 
-Cost, honestly: verification here is one target forward per step (the same forwards target-only sampling makes), so
-it saves nothing on its own; the gain of the method needs the verification forwards batched over steps, which is not
-done (the KV cache holds one sample). What it measures is how often the target would agree with the drafter.
+Verification is ONE target forward over all the drafter's states, batched (`BlockModel.x0_batch`: each candidate
+reads the cached context and attends to itself; nothing is written). After a rejection at step i the target samples
+the remaining steps itself, so a block costs the target 1 + (num_steps - 1 - i) forwards instead of num_steps, plus
+the drafter's. Whether that is faster depends on how much a batch of num_steps costs over one sample (on a GPU at
+video sizes, nearly num_steps times: compute-bound) and on acceptance.
 """
 from __future__ import annotations
 
@@ -35,9 +37,9 @@ def speculative_sample(drafter: BlockModel, target: BlockModel, block: int, nois
     if not torch.equal(drafter.t_list, target.t_list):
         raise ValueError("exact speculative sampling needs the drafter and the target on the same schedule")
     k = target.num_steps
+    x0s = target.x0_batch(block, [states[i][0] for i in range(k)], list(range(k)))  # one batched forward
     for i in range(k):
-        x_i = states[i][0]
-        x0_t = target.x0_at(block, x_i, i).double()
+        x0_t = x0s[i:i + 1].double()
         if i == k - 1:
             return x0_t.float(), k - 1
         s = float(sigma_of(target.t_list[i + 1], target.table))

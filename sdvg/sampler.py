@@ -259,6 +259,20 @@ class BlockModel:
         return min(cur, n)
 
     # --- denoising -----------------------------------------------------------------------------------------------
+    def x0_batch(self, block: int, xs: list[Tensor], steps: list[int]) -> Tensor:
+        """This model's x0 predictions for several candidate states of block `block` (xs[i] at step steps[i]) in ONE
+        forward of batch len(xs); the cache is read, not written. [N, C, F, H, W] float32."""
+        if block != self._committed:
+            raise ValueError(f"x0_batch of block {block}, but {self._committed} blocks are committed")
+        self.flush()
+        x = torch.cat([s.to(self.device, self.dtype) for s in xs], dim=0)
+        ts = [self.t_list[i] for i in steps]
+        tt = torch.stack([torch.full((x.shape[2],), float(t)) for t in ts]).to(self.device, torch.float32)
+        self.forwards += 1
+        with torch.no_grad():
+            v = self.dit(x, tt, self.context, cache=self.kv, start_frame=self._start, readonly=True)
+        return torch.cat([to_x0(v[i:i + 1], x[i:i + 1], t, self.table) for i, t in enumerate(ts)]).float()
+
     def x0_at(self, block: int, x: Tensor, step: int) -> Tensor:
         """This model's x0 prediction for block `block` at state x of step `step` (one forward; exact
         speculative sampling verifies a drafter's states with it). float32."""

@@ -187,8 +187,15 @@ class WanSelfAttention(nn.Module):
             outs, lf = [], ctx.tokens_per_frame
             for f0, f1 in ctx.blocks:
                 sl = slice((f0 - ctx.start_frame) * lf, (f1 - ctx.start_frame) * lf)
-                ctx.cache.write(ctx.layer, f0, k[:, sl], v[:, sl])
-                kk, vv = ctx.cache.visible(ctx.layer, f1)
+                if ctx.readonly:  # a batch of candidate blocks: each sees the cached context and itself, none is kept
+                    ck = ctx.cache.visible_before(ctx.layer, f0, f1)
+                    kk, vv = k[:, sl], v[:, sl]
+                    if ck is not None:
+                        kk = torch.cat([ck[0].expand(k.shape[0], -1, -1, -1), kk], dim=1)
+                        vv = torch.cat([ck[1].expand(k.shape[0], -1, -1, -1), vv], dim=1)
+                else:
+                    ctx.cache.write(ctx.layer, f0, k[:, sl], v[:, sl])
+                    kk, vv = ctx.cache.visible(ctx.layer, f1)
                 outs.append(_sdpa(q[:, sl], kk, vv))
             out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         return _lin(self.o, out.flatten(2))
@@ -203,6 +210,8 @@ class WanCrossAttention(WanSelfAttention):
         b, n, d = x.shape[0], self.num_heads, self.head_dim
         q = self.norm_q(_lin(self.q, x)).view(b, -1, n, d)
         k, v = kv
+        if k.shape[0] != b:  # one prompt, a batch of candidate blocks (exact speculative sampling)
+            k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
         return _lin(self.o, _sdpa(q.to(k.dtype), k, v).flatten(2))
 
 
@@ -283,8 +292,9 @@ class _Ctx:
     """Per-call attention context shared by the layers (cache, block layout, mask)."""
 
     def __init__(self, cache, start_frame: int, num_frames: int, block_frames: int | None, tokens_per_frame: int,
-                 mask: Tensor | None) -> None:
+                 mask: Tensor | None, readonly: bool = False) -> None:
         self.cache, self.start_frame, self.tokens_per_frame, self.mask = cache, start_frame, tokens_per_frame, mask
+        self.readonly = readonly
         bf = block_frames or num_frames
         self.blocks = [(start_frame + a, start_frame + min(a + bf, num_frames)) for a in range(0, num_frames, bf)]
         self.layer = 0
@@ -374,7 +384,7 @@ class WanDiT(nn.Module):
 
     # --- forward -------------------------------------------------------------------------------------------------
     def forward(self, x: Tensor, t: Tensor, context: Tensor, *, cache=None, start_frame: int = 0,
-                block_frames: int | None = None) -> Tensor:
+                block_frames: int | None = None, readonly: bool = False) -> Tensor:
         """Flow prediction v [B, C, F, H, W] for noisy latents x at per-frame timesteps t ([B, F] or [B]).
 
         With `cache`, the input frames occupy absolute frame slots [start_frame, start_frame + F): their K/V are
@@ -406,7 +416,7 @@ class WanDiT(nn.Module):
         else:
             cross = self.cross_kv(context.to(self.text_embedding[0].weight.dtype))
             mask = block_causal_mask(grid[0], lf, bf, x.device)
-        ctx = _Ctx(cache, start_frame, grid[0], bf, lf, mask)
+        ctx = _Ctx(cache, start_frame, grid[0], bf, lf, mask, readonly)
         for i, blk in enumerate(self.blocks):
             ctx.layer = i
             h = blk(h, e0, freqs, cross[i], ctx)
