@@ -178,6 +178,7 @@ def run_study(models, prompts: list[str], out: Path, *, runs: list[Run], samples
                        wall_s=tr.wall_s, stage_s=stage_seconds(tr), drafter_forwards=tr.drafter_forwards,
                        target_forwards=tr.target_forwards,
                        accept_rate=tr.accept_rate, accepted=[b.accepted for b in tr.blocks],
+                       skipped=[b.skipped for b in tr.blocks],
                        block_scores=[b.score for b in tr.blocks], quality=q.get("quality"), quality_detail=q,
                        peak_mem_mb=tr.peak_mem_mb, rank=rank, world=world)
             if save_videos:  # names from sdvg.io.video_stem: under --out, one per (prompt index, sample)
@@ -244,6 +245,8 @@ def summarise(rows: list[dict]) -> list[dict]:
             target_forwards=_mean([r["target_forwards"] for r in rs]),
             target_forward_ratio=(ref_f / _mean([r["target_forwards"] for r in rs])
                                   if ref_f and _mean([r["target_forwards"] for r in rs]) else None),
+            skipped_scores=_mean([sum(x == "score" for x in r.get("skipped") or []) for r in rs]),
+            skipped_drafts=_mean([sum(x == "draft" for x in r.get("skipped") or []) for r in rs]),
             accept_by_position=pos))
     return out
 
@@ -293,6 +296,11 @@ def write_summary(out: Path, rows: list[dict]) -> list[dict]:
                   f"| {' '.join(_fmt(p, '.2f') for p in s['accept_by_position'])} |")
     md += ["", "time: wall seconds per video (model load and warm-up excluded), decode and scoring included; "
            "DiT time: drafter + target + commit stages only. speedup and retention are against target only."]
+    skips = [s for s in summary if s["skipped_scores"] or s["skipped_drafts"]]
+    if skips:
+        md += ["", "Work skipped per video (router vvs): " + "; ".join(
+            f"{s['run']}: {s['skipped_scores']:.1f} blocks accepted unscored, {s['skipped_drafts']:.1f} not drafted"
+            for s in skips)]
     pairs = paired(rows)
     if pairs:
         md += ["", "SDVG vs content-blind routing at the same tau, paired by video and seed (random: SDVG's accept "

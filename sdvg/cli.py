@@ -22,7 +22,9 @@ def generate_main(argv: list[str]) -> int:
     p.add_argument("--cascade-delta", type=float, default=0.3,
                    help="--router cascade-delta: accept on the 1-in-4-frame proxy when it is >= tau + delta")
     p.add_argument("--vvs-margin", type=float, default=0.2,
-                   help="--router vvs: skip scoring after 2 blocks >= tau + margin, drafting after 2 <= tau - margin")
+                   help="--router vvs: skip scoring after --vvs-window blocks >= tau + margin, drafting after as "
+                        "many <= tau - margin")
+    p.add_argument("--vvs-window", type=int, default=2, help="--router vvs: blocks the margins are taken over")
     p.add_argument("--stitch-steps", type=STEPS, default=0,
                    help="hybrid (--mode sdvg): on reject keep the drafter's first k steps; --mode stitch: k")
     p.add_argument("--no-force-reject-first", action="store_true", help="route block 0 too")
@@ -69,7 +71,7 @@ def generate_main(argv: list[str]) -> int:
     for prompt in prompts:
         models.text_encoder.encode([prompt])  # validate every prompt before the first video (fails early)
     pipe = models.pipeline(router=args.router, tau=args.tau, accept_rate=args.accept_rate, seed=args.seed,
-                           delta=args.cascade_delta, margin=args.vvs_margin,
+                           delta=args.cascade_delta, margin=args.vvs_margin, window=args.vvs_window,
                            lazy_commit=not args.eager_commit)
     for (i, s), stem in stems.items():
         prompt = prompts[i]

@@ -59,7 +59,7 @@ class ModelSet:
     def pipeline(self, *, router: str = "threshold", tau: float | None = None, accept_rate: float = 0.5,
                  q: float = 0.1, seed: int = 0, lazy_commit: bool = True,
                  cache: CacheConfig | None = None, prefix_blocks: int = 1, delta: float = 0.3,
-                 margin: float = 0.2) -> SDVGPipeline:
+                 margin: float = 0.2, window: int = 2) -> SDVGPipeline:
         """A fresh pipeline (fresh KV caches, decode state and router state) over the loaded models. `cache`
         replaces the cache policy of both models (default: each model's own, else the set's `cache`)."""
         decoder = self.decoder.fork(rule=self.decoder_rule) if hasattr(self.decoder, "fork") else self.decoder
@@ -74,7 +74,7 @@ class ModelSet:
 
         tau = self.default_tau if tau is None else tau
         r = build_router(router, scorer=self.scorer, tau=tau, accept_rate=accept_rate, q=q, seed=seed,
-                         prefix_blocks=prefix_blocks, delta=delta, margin=margin) \
+                         prefix_blocks=prefix_blocks, delta=delta, margin=margin, window=window) \
             if (self.scorer is not None or not needs_scorer(router)) else None
         return SDVGPipeline(drafter=block_model(self.drafter, self.drafter_sampler, self.drafter_cache),
                             target=block_model(self.target, self.target_sampler, self.target_cache), decoder=decoder,

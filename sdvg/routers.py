@@ -287,7 +287,7 @@ IMAGEREWARD_PRIOR = (0.566, 1.071)  # block-score mean and sd the authors' perce
 class RouterSpec:
     """How to build a router from the run's settings (see `register_router`)."""
 
-    factory: Callable[..., Router]  # keywords: scorer, tau, accept_rate, q, seed, prefix_blocks, delta, margin, name
+    factory: Callable[..., Router]  # keywords: scorer tau accept_rate q seed prefix_blocks delta margin window name
     needs_scorer: bool
 
 
@@ -296,7 +296,7 @@ _ROUTERS: dict[str, RouterSpec] = {}
 
 def register_router(name: str, factory: Callable[..., Router], needs_scorer: bool) -> None:
     """Make `build_router(name, ...)` call `factory(scorer=, tau=, accept_rate=, q=, seed=, prefix_blocks=, delta=,
-    margin=, name=)`
+    margin=, window=, name=)`
     (it takes what it needs and ignores the rest); the CLI's `--router` choices follow the registry."""
     _ROUTERS[name] = RouterSpec(factory, needs_scorer)
 
@@ -313,7 +313,8 @@ register_router("cascade-delta", lambda scorer, tau, delta, **_: CascadeRouter(s
 register_router("percentile-prior", lambda scorer, tau, accept_rate, **_: PercentileRouter(
     scorer, accept_rate, tau0=tau, prior=IMAGEREWARD_PRIOR, name="percentile-prior"), True)
 register_router("relative", lambda scorer, tau, **_: RelativeRouter(scorer, tau), True)
-register_router("vvs", lambda scorer, tau, margin, **_: SkipRouter(ThresholdRouter(scorer, tau, "min"), margin), True)
+register_router("vvs", lambda scorer, tau, margin, window, **_: SkipRouter(ThresholdRouter(scorer, tau, "min"), margin,
+                                                                          window), True)
 register_router("random", lambda accept_rate, seed, **_: RandomRouter(accept_rate, seed), False)
 register_router("prefix", lambda prefix_blocks, **_: PrefixRouter(prefix_blocks), False)
 register_router("accept-all", lambda name, **_: ConstantRouter(True, name=name), False)
@@ -330,7 +331,7 @@ def needs_scorer(name: str) -> bool:
 
 def build_router(name: str, *, scorer: Scorer | None = None, tau: float = -0.7, accept_rate: float = 0.5,
                  q: float = 0.1, seed: int = 0, prefix_blocks: int = 1, delta: float = 0.3,
-                 margin: float = 0.2) -> Router:
+                 margin: float = 0.2, window: int = 2) -> Router:
     """Router by name (`router_names()`); score-based routers need a scorer."""
     if name not in _ROUTERS:
         raise ValueError(f"unknown router {name!r}; choose one of {', '.join(_ROUTERS)}")
@@ -339,7 +340,8 @@ def build_router(name: str, *, scorer: Scorer | None = None, tau: float = -0.7, 
     check_tau(tau)
     check_rate(accept_rate)
     return _ROUTERS[name].factory(scorer=scorer, tau=tau, accept_rate=accept_rate, q=q, seed=seed,
-                                  prefix_blocks=prefix_blocks, delta=delta, margin=margin, name=name)
+                                  prefix_blocks=prefix_blocks, delta=delta, margin=margin, window=window,
+                                  name=name)
 
 
 def acceptance_by_position(decisions: Sequence[Sequence[bool | None]]) -> list[float | None]:
