@@ -251,17 +251,19 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def paired(rows: list[dict], resamples: int = 2000) -> list[dict]:
-    """SDVG minus each matched baseline (random, prefix) at the same tau, paired by video and seed: the mean
-    quality difference with a 95% bootstrap interval over videos (fixed resampling seed, so reruns agree)."""
+def paired(rows: list[dict], resamples: int = 2000, others: tuple[str, ...] = MATCHED,
+           first: str = "sdvg") -> list[dict]:
+    """`first` minus each of `others` at the same tau (default: SDVG minus the matched baselines random and prefix),
+    paired by video and seed: the mean quality difference with a 95% bootstrap interval over videos (fixed
+    resampling seed, so reruns agree)."""
     import numpy as np
 
     by = {(r["label"], r["tau"], r["prompt_index"], r["sample"]): r["quality"] for r in rows}
     out = []
-    for tau in sorted({r["tau"] for r in rows if r["label"] == "sdvg"}):
-        for base in MATCHED:
+    for tau in sorted({r["tau"] for r in rows if r["label"] == first}):
+        for base in others:
             d = [q - by[(base, tau, i, s)] for (lab, t, i, s), q in by.items()
-                 if lab == "sdvg" and t == tau and q is not None and by.get((base, tau, i, s)) is not None]
+                 if lab == first and t == tau and q is not None and by.get((base, tau, i, s)) is not None]
             if not d:
                 continue
             d = np.asarray(d)
@@ -308,6 +310,13 @@ def write_summary(out: Path, rows: list[dict]) -> list[dict]:
                "| tau | baseline | videos | quality diff (SDVG - baseline) | 95% interval |", "|---|---|---|---|---|"]
         md += [f"| {p['tau']:g} | {p['baseline']} | {p['videos']} | {p['mean_diff']:+.4f} "
                f"| [{p['lo']:+.4f}, {p['hi']:+.4f}] |" for p in pairs]
+    rivals = [lab for lab in ("hybrid", "mean", "cascade-delta", "vvs") if any(r["label"] == lab for r in rows)]
+    vs = [p for lab in rivals for p in paired(rows, others=("sdvg",), first=lab)] if rivals else []
+    if vs:
+        md += ["", "Variants minus SDVG at the same tau, paired by video and seed:", "",
+               "| tau | variant | videos | quality diff (variant - SDVG) | 95% interval |", "|---|---|---|---|---|"]
+        md += [f"| {p['tau']:g} | {lab} | {p['videos']} | {p['mean_diff']:+.4f} | [{p['lo']:+.4f}, {p['hi']:+.4f}] |"
+               for lab in rivals for p in paired(rows, others=("sdvg",), first=lab)]
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
     plot_pareto(out / "pareto.png", summary)
