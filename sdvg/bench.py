@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sdvg.io import (append_jsonl, atomic_path, export_to_video, prepare_out_dir, read_jsonl, read_prompts, video_stem,
                      write_json)
+from sdvg.routers import acceptance_by_position
 from sdvg.seeding import video_seed
 
 ALL_MODES = ("target", "draft", "sdvg", "random", "prefix", "mean", "first", "hybrid", "stitch", "cascade",
@@ -232,9 +233,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     for key, rs in sorted(by.items(), key=lambda kv: kv[1][0]["run_order"]):
         t, q = _mean([r["wall_s"] for r in rs]), _mean([r["quality"] for r in rs])
         dit = _mean([r["stage_s"]["dit"] for r in rs])
-        width = max(len(r["accepted"]) for r in rs)
-        pos = [_mean([float(r["accepted"][b]) for r in rs if b < len(r["accepted"]) and r["accepted"][b] is not None])
-               for b in range(width)]
+        pos = acceptance_by_position([r["accepted"] for r in rs])
         out.append(dict(
             run=key, label=rs[0]["label"], tau=rs[0]["tau"], videos=len(rs), quality=q,
             retention_pct=100 * q / ref_q if q is not None and ref_q else None,
