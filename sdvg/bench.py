@@ -310,12 +310,12 @@ def write_summary(out: Path, rows: list[dict]) -> list[dict]:
         md += [f"| {p['tau']:g} | {p['baseline']} | {p['videos']} | {p['mean_diff']:+.4f} "
                f"| [{p['lo']:+.4f}, {p['hi']:+.4f}] |" for p in pairs]
     rivals = [lab for lab in ("hybrid", "mean", "cascade-delta", "vvs") if any(r["label"] == lab for r in rows)]
-    vs = [p for lab in rivals for p in paired(rows, others=("sdvg",), first=lab)] if rivals else []
+    vs = [(lab, p) for lab in rivals for p in paired(rows, others=("sdvg",), first=lab)]
     if vs:
         md += ["", "Variants minus SDVG at the same tau, paired by video and seed:", "",
                "| tau | variant | videos | quality diff (variant - SDVG) | 95% interval |", "|---|---|---|---|---|"]
         md += [f"| {p['tau']:g} | {lab} | {p['videos']} | {p['mean_diff']:+.4f} | [{p['lo']:+.4f}, {p['hi']:+.4f}] |"
-               for lab in rivals for p in paired(rows, others=("sdvg",), first=lab)]
+               for lab, p in vs]
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
     plot_pareto(out / "pareto.png", summary)

@@ -7,7 +7,6 @@ models keep their KV caches (the video so far) and refresh only their cross-atte
 """
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass
 
@@ -107,6 +106,4 @@ class PromptSchedule:
         w = (self._total - self._left + 1) / (self._total + 1)
         self._left -= 1
         self.context = blend(self._from, self._to, w, self._interp)
-        if math.isclose(w, 1.0):
-            self.context = self._to
         return self.context, True

@@ -90,7 +90,7 @@ def reencoder(decoder):
     enc, last = decoder.encoder(), []
 
     def encode(frame: torch.Tensor) -> torch.Tensor:
-        if last and last[0] is not None and last[0].data_ptr() == frame.data_ptr() and last[0].shape == frame.shape:
+        if last and last[0].data_ptr() == frame.data_ptr() and last[0].shape == frame.shape:
             return last[1]
         enc.reset()
         z = enc.encode(frame)

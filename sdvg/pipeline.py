@@ -233,6 +233,7 @@ class SDVGPipeline:
             raise PipelineBusyError(
                 "this pipeline is already generating a video (another stream() is open): finish or close() that "
                 "stream first, or make one pipeline per concurrent video with models.pipeline()")
+        proposer: Proposer | None = None  # overlap: the drafter's thread, started at the first drafted block
         try:
             d, t, dec = self.drafter, self.target, self.decoder
             self._check_args(prompt, mode, seed, stitch_steps, drafter_context)
@@ -246,10 +247,10 @@ class SDVGPipeline:
                 self.router.reset(seed)
             self._scorer_call("reset")
             prompts = PromptSchedule(prompt, context)
-            why = self.overlap_blocker(mode, drafter_context, control) if overlap else "off"
-            if overlap and why:
+            why = self.overlap_blocker(mode, drafter_context, control) if overlap else None
+            if why:
                 warnings.warn(f"overlap falls back to the sequential loop: {why}", stacklevel=2)
-            proposer: Proposer | None = None  # overlap: the drafter's thread, started at the first drafted block
+            use_proposer = overlap and why is None
             for b in range(self.video.num_blocks):
                 if control is not None:
                     if control.stopped:
@@ -275,10 +276,8 @@ class SDVGPipeline:
                         x = t.denoise(b, noise, step_noises)
                     src = "target"
                 elif mode == "stitch":
-                    states: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
                     with _timed(ms, "draft", self.device):
-                        x_k = d.denoise(b, noise, step_noises, stop_step=stitch_steps,
-                                        callback=lambda i, xt, x0: states.__setitem__(i, (xt, x0)))
+                        x_k, states = d.trajectory(b, noise, step_noises, stop_step=stitch_steps)
                     with _timed(ms, "commit", self.device):
                         t.flush()
                     with _timed(ms, "target", self.device):
@@ -287,7 +286,7 @@ class SDVGPipeline:
                     src = "stitch"
                 elif mode == "exact":  # exact speculative sampling of the drafter's trajectory (sdvg.exact)
                     with _timed(ms, "draft", self.device):
-                        _, states = self._draft(b, noise, step_noises, {})  # the drafter keeps the emitted blocks
+                        _, states = d.trajectory(b, noise, step_noises)  # the drafter keeps the emitted blocks
                     with _timed(ms, "target", self.device):
                         x, steps_ok = speculative_sample(d, t, b, noise, step_noises, states, seed)
                     src = "exact"
@@ -298,14 +297,15 @@ class SDVGPipeline:
                         x = t.denoise(b, noise, step_noises)
                     src, skipped = "target", "draft"
                 else:  # sdvg: draft (or take the proposer's), decode after a snapshot, route
-                    if not why and proposer is None:
+                    if use_proposer and proposer is None:
                         proposer = Proposer(d, seed, self._block_shape(), self._num_steps, b, self.video.num_blocks,
                                             self.lookahead)
                     if proposer is not None:
                         p = proposer.take(b)
                         draft, states, ms["draft"], drafter_fwd = p.draft, p.states, p.ms, p.forwards
                     else:
-                        draft, states = self._draft(b, noise, step_noises, ms)
+                        with _timed(ms, "draft", self.device):
+                            draft, states = d.trajectory(b, noise, step_noises)
                     _check_finite(draft, b, "draft latents")
                     snap = dec.snapshot()
                     frames = draft_frames = self._decode(draft, ms)
@@ -327,8 +327,7 @@ class SDVGPipeline:
                         src = "stitch" if k else "target"
                 _check_finite(x, b, "latents")
                 if frames is None:
-                    with _timed(ms, "decode", self.aux_device):
-                        frames = dec.decode(x.to(self.aux_device))
+                    frames = self._decode(x, ms)
                 _check_finite(frames, b, "decoded frames")
                 if src == "draft":
                     draft_frames = frames
@@ -359,7 +358,7 @@ class SDVGPipeline:
                     trace.blocks.append(bt)
                 yield BlockOutput(b, frames.float().cpu(), x.float().cpu(), bt, prompt)
         finally:
-            if "proposer" in locals() and proposer is not None:
+            if proposer is not None:
                 proposer.close()
             self._busy.release()
 
@@ -386,13 +385,6 @@ class SDVGPipeline:
         fn = getattr(getattr(self.router, "scorer", None), hook, None)
         if callable(fn):
             fn(*args)
-
-    def _draft(self, b: int, noise, step_noises, ms: dict) -> tuple[torch.Tensor, dict]:
-        states: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        with _timed(ms, "draft", self.device):
-            draft = self.drafter.denoise(b, noise, step_noises,
-                                         callback=lambda i, xt, x0: states.__setitem__(i, (xt, x0)))
-        return draft, states
 
     def _decode(self, latents: torch.Tensor, ms: dict) -> torch.Tensor:
         with _timed(ms, "decode", self.aux_device):

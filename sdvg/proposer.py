@@ -54,10 +54,8 @@ class Proposer:
             with ctx:
                 for b in range(self.first, self.last):
                     f0, t0 = self.d.forwards, time.perf_counter()
-                    states: dict = {}
                     noise, step_noises = block_noise(self.seed, b, self.shape, self.num_steps, device=self.d.device)
-                    draft = self.d.denoise(b, noise, step_noises,
-                                           callback=lambda i, xt, x0: states.__setitem__(i, (xt, x0)))
+                    draft, states = self.d.trajectory(b, noise, step_noises)
                     ready = None
                     if self._stream is not None:
                         ready = torch.cuda.Event()

@@ -259,6 +259,15 @@ class BlockModel:
         return min(cur, n)
 
     # --- denoising -----------------------------------------------------------------------------------------------
+    def trajectory(self, block: int, noise: Tensor, step_noises: list[Tensor],
+                   stop_step: int | None = None) -> tuple[Tensor, dict[int, tuple[Tensor, Tensor]]]:
+        """`denoise`, also returning each step's (x_t it consumed, its x0 prediction), float32: what stitching and
+        exact speculative sampling continue from."""
+        states: dict[int, tuple[Tensor, Tensor]] = {}
+        x = self.denoise(block, noise, step_noises, stop_step=stop_step,
+                         callback=lambda i, xt, x0: states.__setitem__(i, (xt, x0)))
+        return x, states
+
     def x0_batch(self, block: int, xs: list[Tensor], steps: list[int]) -> Tensor:
         """This model's x0 predictions for several candidate states of block `block` (xs[i] at step steps[i]) in ONE
         forward of batch len(xs); the cache is read, not written. [N, C, F, H, W] float32."""

@@ -2,7 +2,6 @@
 with a different drafter the outputs are distributed as target-only's (checked statistically over many seeds)."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
