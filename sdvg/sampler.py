@@ -119,8 +119,6 @@ class BlockModel:
                  cache: CacheConfig = CacheConfig(), device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, lazy: bool = True,
                  anchor_fn: Callable[[Tensor], Tensor] | None = None) -> None:
-        if cache.policy not in ("append", "recompute"):
-            raise ValueError(f"unknown cache policy {cache.policy!r}; choose 'append' or 'recompute'")
         p = next(dit.parameters())
         self.device = torch.device(device) if device is not None else p.device
         self.dtype = dtype or p.dtype
