@@ -70,7 +70,7 @@ def generate_main(argv: list[str]) -> int:
     models = load_models(args)
     for prompt in prompts:
         models.text_encoder.encode([prompt])  # validate every prompt before the first video (fails early)
-    pipe = models.pipeline(router=args.router, tau=args.tau, accept_rate=args.accept_rate, seed=args.seed,
+    pipe = models.pipeline(router=args.router if args.mode == "sdvg" else None, tau=args.tau, accept_rate=args.accept_rate, seed=args.seed,
                            delta=args.cascade_delta, margin=args.vvs_margin, window=args.vvs_window,
                            lazy_commit=not args.eager_commit)
     for (i, s), stem in stems.items():

@@ -12,7 +12,7 @@ import torch
 
 from sdvg.config import CacheConfig, SamplerConfig, VideoConfig, dit_preset
 from sdvg.pipeline import SDVGPipeline
-from sdvg.routers import build_router, needs_scorer
+from sdvg.routers import build_router, needs_scorer, router_names
 from sdvg.sampler import BlockModel
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -56,12 +56,14 @@ class ModelSet:
     target_cache: CacheConfig | None = None
     decoder_rule: str | None = None
 
-    def pipeline(self, *, router: str = "threshold", tau: float | None = None, accept_rate: float = 0.5,
+    def pipeline(self, *, router: str | None = None, tau: float | None = None, accept_rate: float = 0.5,
                  q: float = 0.1, seed: int = 0, lazy_commit: bool = True,
                  cache: CacheConfig | None = None, prefix_blocks: int = 1, delta: float = 0.3,
                  margin: float = 0.2, window: int = 2) -> SDVGPipeline:
-        """A fresh pipeline (fresh KV caches, decode state and router state) over the loaded models. `cache`
-        replaces the cache policy of both models (default: each model's own, else the set's `cache`)."""
+        """A fresh pipeline (fresh KV caches, decode state and router state) over the loaded models. `router`: a name
+        from `router_names()`; None is "threshold" when the set has a scorer, else no router (the single-model modes
+        still run). A router that scores drafts fails here, early, when the set has no scorer. `cache` replaces the
+        cache policy of both models (default: each model's own, else the set's `cache`)."""
         decoder = self.decoder.fork(rule=self.decoder_rule) if hasattr(self.decoder, "fork") else self.decoder
         anchor = reencoder(decoder)
 
@@ -73,9 +75,16 @@ class ModelSet:
                               lazy=lazy_commit, anchor_fn=anchor if c.anchor == "reencode" else None)
 
         tau = self.default_tau if tau is None else tau
-        r = build_router(router, scorer=self.scorer, tau=tau, accept_rate=accept_rate, q=q, seed=seed,
-                         prefix_blocks=prefix_blocks, delta=delta, margin=margin, window=window) \
-            if (self.scorer is not None or not needs_scorer(router)) else None
+        if router is None:
+            router = "threshold" if self.scorer is not None else None
+        if router is not None and self.scorer is None and needs_scorer(router):
+            free = ", ".join(n for n in router_names() if not needs_scorer(n))
+            raise ValueError(f"router {router!r} scores drafts, and this model set has no scorer: load one "
+                             f"(--scorer imagereward --scorer-path ImageReward.pt) or use a router that needs none "
+                             f"({free})")
+        r = None if router is None else build_router(
+            router, scorer=self.scorer, tau=tau, accept_rate=accept_rate, q=q, seed=seed, prefix_blocks=prefix_blocks,
+            delta=delta, margin=margin, window=window)
         return SDVGPipeline(drafter=block_model(self.drafter, self.drafter_sampler, self.drafter_cache),
                             target=block_model(self.target, self.target_sampler, self.target_cache), decoder=decoder,
                             text_encoder=self.text_encoder, router=r, video=self.video, aux_device=self.aux_device)

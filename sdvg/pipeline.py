@@ -484,7 +484,9 @@ class SDVGPipeline:
                  "stitch": ("drafter", "target"), "exact": ("drafter", "target")}[mode]
         for name in needs:
             if getattr(self, name) is None:
-                raise ValueError(f"mode {mode!r} needs a {name}")
+                hint = " (a model set without a scorer builds none: load a scorer, or name a router that needs none)" \
+                    if name == "router" else ""
+                raise ValueError(f"mode {mode!r} needs a {name}{hint}")
 
 
 @contextmanager

@@ -147,8 +147,8 @@ class Session:
         self.control = StreamControl()
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUE_BLOCKS)
         video = replace(models.video, num_blocks=req.num_blocks or FOREVER)
-        self.pipe = replace(models, video=video).pipeline(router=req.router, tau=req.tau, accept_rate=req.accept_rate,
-                                                          seed=req.seed)
+        self.pipe = replace(models, video=video).pipeline(router=req.router if req.mode == "sdvg" else None,
+                                                          tau=req.tau, accept_rate=req.accept_rate, seed=req.seed)
         self.target_steps = (self.pipe.target or self.pipe.drafter).num_steps
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"sdvg-session-{req.seed}")
 

@@ -13,7 +13,10 @@ from PIL import Image
 from sdvg.scorers.imagereward import ImageRewardConfig, ImageRewardModel, ImageRewardScorer
 from sdvg.scorers.preprocess import CLIP_MEAN, CLIP_STD, pil_resize, reward_preprocess, to_uint8_values
 
-TABLE = Path("/work/shared/data/checkpoint_keys/imagereward_v1.tsv")
+from _shared import needs_shared, shared_path
+
+TABLE = shared_path("data", "checkpoint_keys", "imagereward_v1.tsv")
+needs_table = needs_shared("data", "checkpoint_keys", "imagereward_v1.tsv")
 WORDS = ["a", "red", "cat", "##s", "on", "the", "mat", ".", "dog", "blue"]
 TINY = ImageRewardConfig(image_size=32, patch_size=16, vision_width=32, vision_layers=2, vision_heads=2,
                          vocab_size=6 + len(WORDS) + 2, hidden_size=16, text_layers=2, text_heads=2,
@@ -49,6 +52,7 @@ def load(files: Path, **kw) -> ImageRewardScorer:
     return ImageRewardScorer.from_pretrained(files / "ImageReward.pt", config=TINY, **kw)
 
 
+@needs_table
 def test_full_size_layout_matches_reference_table():
     with torch.device("meta"):
         m = ImageRewardModel()
@@ -58,6 +62,7 @@ def test_full_size_layout_matches_reference_table():
     assert len(got) == 625
 
 
+@needs_table
 def test_sizes_inferred_from_the_real_table():
     """The real checkpoint's shapes (as meta tensors) give the v1.0 config and pass the strict check."""
     from sdvg.scorers.imagereward import check_state

@@ -185,3 +185,16 @@ def test_a_carrying_scorer_is_reset_per_video_and_remembers_the_emitted_frames()
     a, b = pipe(PROMPT, seed=5), pipe(PROMPT, seed=5)
     assert [x.score for x in a.trace.blocks] == [x.score for x in b.trace.blocks]
     assert torch.equal(sc._last, a.frames[-1:])  # the last emitted frame
+
+
+def test_a_model_set_without_scorer_fails_early_for_scoring_routers(models):
+    from dataclasses import replace
+
+    bare = replace(models, scorer=None)
+    with pytest.raises(ValueError, match=r"router 'threshold' scores drafts.*no scorer.*random"):
+        bare.pipeline(router="threshold")
+    pipe = bare.pipeline()  # no router: the single-model modes still run
+    assert pipe(PROMPT, mode="target", seed=0).trace.target_forwards > 0
+    with pytest.raises(ValueError, match="needs a router.*scorer"):
+        pipe(PROMPT, mode="sdvg", seed=0)
+    assert bare.pipeline(router="random")(PROMPT, mode="sdvg", seed=0).trace.blocks[0].source == "target"
