@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sdvg.config import RunConfig
 from sdvg.io import (append_jsonl, atomic_path, export_to_video, prepare_out_dir, read_jsonl, read_prompts, video_stem,
                      write_json)
 from sdvg.routers import acceptance_by_position
@@ -41,6 +42,10 @@ class Run:
     @property
     def key(self) -> str:
         return self.label if self.tau is None else f"{self.label}@{self.tau:g}"
+
+    def config(self, seed: int) -> RunConfig:
+        """This run's settings for one video (the pipeline's and its result row's)."""
+        return RunConfig(mode=self.mode, seed=seed, stitch_steps=self.stitch_steps)
 
 
 def plan_runs(modes: list[str], taus: list[float], stitch_steps: int) -> list[Run]:
@@ -156,7 +161,7 @@ def run_study(models, prompts: list[str], out: Path, *, runs: list[Run], samples
 
     if warmup and todo:  # untimed videos so that timings exclude lazy init and allocator growth
         for r in [r for r in runs if r.label in ("target", "draft")] or runs[:1]:
-            pipe_for(r)(prompts[todo[0][0]], mode=r.mode, seed=seed, stitch_steps=r.stitch_steps)
+            pipe_for(r)(prompts[todo[0][0]], **asdict(r.config(seed)))
     written = 0
     for i, s in todo:
         prompt, vseed = prompts[i], video_seed(seed, i, s)
@@ -169,11 +174,12 @@ def run_study(models, prompts: list[str], out: Path, *, runs: list[Run], samples
                 ref = done_rows[row_key(i, s, Run("sdvg", "sdvg", r.tau).key)]
                 acc = ref["accept_rate"] or 0.0
                 prefix = sum(1 for a in ref["accepted"] if not a)
-            res = pipe_for(r, acc, prefix)(prompt, mode=r.mode, seed=vseed, stitch_steps=r.stitch_steps)
+            cfg = r.config(vseed)
+            res = pipe_for(r, acc, prefix)(prompt, **asdict(cfg))
             tr = res.trace
             q = models.evaluator.evaluate(res.frames, prompt) if models.evaluator is not None else {}
-            row = dict(key=key, run=r.key, run_order=order, label=r.label, mode=r.mode, tau=r.tau, router=r.router,
-                       stitch_steps=r.stitch_steps, prompt_index=i, sample=s, prompt=prompt, seed=vseed,
+            row = dict(key=key, run=r.key, run_order=order, label=r.label, mode=cfg.mode, tau=r.tau, router=r.router,
+                       stitch_steps=cfg.stitch_steps, prompt_index=i, sample=s, prompt=prompt, seed=cfg.seed,
                        routed_accept_rate=acc if r.label == "random" else None,
                        prefix_blocks=prefix if r.label == "prefix" else None,
                        wall_s=tr.wall_s, stage_s=stage_seconds(tr), drafter_forwards=tr.drafter_forwards,

@@ -4,11 +4,20 @@ With no checkpoint flags every command runs the embedded world, so the first com
 """
 from __future__ import annotations
 
+import argparse
 import sys
+from dataclasses import asdict, replace
 
+from sdvg.config import RunConfig
 from sdvg.flags import Parser, add_model_args, check_model_args, load_models, parse_args
 from sdvg.routers import router_names
-from sdvg.settings import FPS, MODES, RATE, SAMPLES, SEED, STEPS, TAU, check_prompt, check_run
+from sdvg.settings import FPS, MODES, RATE, SAMPLES, SEED, STEPS, TAU, check_prompt
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """`sdvg generate`'s run flags as one `RunConfig` (checked; each video then gets its own seed from it)."""
+    return RunConfig(mode=args.mode, seed=args.seed, force_reject_first=not args.no_force_reject_first,
+                     drafter_context=args.drafter_context, stitch_steps=args.stitch_steps, overlap=args.overlap)
 
 
 def generate_main(argv: list[str]) -> int:
@@ -51,7 +60,7 @@ def generate_main(argv: list[str]) -> int:
     if not args.prompts_file and args.prompt is None:
         p.error("give a PROMPT or --prompts-file")
     try:
-        check_run(args.mode, args.stitch_steps, args.drafter_context)
+        run = run_config(args)
         if args.prompt is not None:
             check_prompt(args.prompt)
     except ValueError as e:
@@ -59,7 +68,7 @@ def generate_main(argv: list[str]) -> int:
     prompts = read_prompts(args.prompts_file) if args.prompts_file else [args.prompt]
     check_model_args(args)
     out = prepare_out_dir(args.out)
-    stems = {(i, s): video_stem(prompt, *([f"p{i}"] if args.prompts_file else []), f"seed{args.seed}",
+    stems = {(i, s): video_stem(prompt, *([f"p{i}"] if args.prompts_file else []), f"seed{run.seed}",
                                 *([f"s{s}"] if args.samples > 1 else []))
              for i, prompt in enumerate(prompts) for s in range(args.samples)}
     if not args.overwrite:
@@ -70,14 +79,12 @@ def generate_main(argv: list[str]) -> int:
     models = load_models(args)
     for prompt in prompts:
         models.text_encoder.encode([prompt])  # validate every prompt before the first video (fails early)
-    pipe = models.pipeline(router=args.router if args.mode == "sdvg" else None, tau=args.tau, accept_rate=args.accept_rate, seed=args.seed,
-                           delta=args.cascade_delta, margin=args.vvs_margin, window=args.vvs_window,
-                           lazy_commit=not args.eager_commit)
+    pipe = models.pipeline(router=args.router if run.mode == "sdvg" else None, tau=args.tau,
+                           accept_rate=args.accept_rate, seed=run.seed, delta=args.cascade_delta,
+                           margin=args.vvs_margin, window=args.vvs_window, lazy_commit=not args.eager_commit)
     for (i, s), stem in stems.items():
         prompt = prompts[i]
-        res = pipe(prompt, mode=args.mode, seed=video_seed(args.seed, i, s),
-                   force_reject_first=not args.no_force_reject_first, drafter_context=args.drafter_context,
-                   stitch_steps=args.stitch_steps, progress=not args.no_progress, overlap=args.overlap)
+        res = pipe(prompt, **asdict(replace(run, seed=video_seed(run.seed, i, s))), progress=not args.no_progress)
         for n in range(1, 1000):  # a concurrent run took the name meanwhile: keep both videos (stem.2, stem.3, ...)
             try:
                 path = export_to_video(res.frames, out / f"{stem}{f'.{n}' if n > 1 else ''}.mp4", fps=args.fps,

@@ -190,19 +190,44 @@ def model_preset(name: str) -> ModelPreset:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}") from None
 
 
-@dataclass(frozen=True)
-class SDVGConfig:
-    """The speculative loop's knobs (everything a run's trace records)."""
+Mode = Literal["sdvg", "target", "draft", "stitch", "exact"]
+DrafterContext = Literal["own", "emitted"]
 
-    mode: Literal["sdvg", "target", "draft", "stitch"] = "sdvg"
-    tau: float = -0.7
+DEFAULT_TAU = -0.7  # accept threshold on ImageReward block scores (the paper's); a model set may ship its own
+DEFAULT_TAUS = (DEFAULT_TAU, -1.0, -1.5, -2.0, -2.5)  # the bench's tau sweep on that scale
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One video's run settings, spelled once: `SDVGPipeline.__call__` / `stream` build it from their keywords,
+    `sdvg generate` from its flags, `sdvg bench` from its runs, a server from its start request; the video's trace
+    records it. It checks itself when built (sdvg.settings), so a bad value fails the same way from every entry. The
+    router (its kind, tau) and commit laziness are not here: they belong to the pipeline (`ModelSet.pipeline`), and
+    tau may change mid-video."""
+
+    # What makes each block: sdvg (draft, route, regenerate on reject), target or draft alone, stitch (the drafter's
+    # first stitch_steps steps, the target the rest) or exact (speculative sampling of the drafter's trajectory).
+    mode: Mode = "sdvg"
+    seed: int = 0  # keys every block's noise and the random draws (router reset, exact mode): same seed, same video
+    # sdvg: the target makes block 0 unrouted (it fixes the scene) and the drafter is conditioned on it.
     force_reject_first: bool = True
-    drafter_context: Literal["own", "emitted"] = "own"
+    # What the drafter's cache holds: its own drafts, accepted or not ("own", the paper's; drafts never wait for a
+    # decision), or the emitted blocks ("emitted": the drafter follows the target after a rejection).
+    drafter_context: DrafterContext = "own"
+    # stitch: the drafter's steps before the target takes over; sdvg (hybrid): on a rejection the target keeps the
+    # draft's first stitch_steps steps instead of starting from noise. 0: no stitching.
     stitch_steps: int = 0
-    lazy_commit: bool = True
-    seed: int = 0
+    # Pipelined speculation: the drafter drafts ahead on a thread while earlier blocks are judged (the same video,
+    # faster); settings it cannot run with fall back to the sequential loop with a warning. In a trace: it ran.
+    overlap: bool = False
+
+    def __post_init__(self) -> None:
+        from sdvg.settings import check_run, check_seed
+
+        check_seed(self.seed)
+        check_run(self.mode, self.stitch_steps, self.drafter_context)
 
 
 __all__ = ["DiTConfig", "DIT_PRESETS", "dit_preset", "SamplerConfig", "CacheConfig", "VideoConfig", "ModelPreset",
            "MODEL_PRESETS", "model_preset", "resolve_cache", "KREA_SAMPLER", "DECODER_RULES",
-           "SDVGConfig"]
+           "Mode", "DrafterContext", "DEFAULT_TAU", "DEFAULT_TAUS", "RunConfig"]

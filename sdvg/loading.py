@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sdvg.config import CacheConfig, SamplerConfig, VideoConfig, dit_preset
+from sdvg.config import DEFAULT_TAU, DEFAULT_TAUS, CacheConfig, SamplerConfig, VideoConfig, dit_preset
 from sdvg.pipeline import SDVGPipeline
 from sdvg.routers import build_router, needs_scorer, router_names
 from sdvg.sampler import BlockModel
@@ -41,8 +41,8 @@ class ModelSet:
     video: VideoConfig
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
-    default_taus: tuple[float, ...] = (-0.7, -1.0, -1.5, -2.0, -2.5)
-    default_tau: float = -0.7
+    default_taus: tuple[float, ...] = DEFAULT_TAUS
+    default_tau: float = DEFAULT_TAU
     name: str = "custom"
     device: torch.device = torch.device("cpu")
     aux_device: torch.device = torch.device("cpu")

@@ -3,7 +3,17 @@
 One video = B blocks. Per block the drafter proposes (`BlockModel.denoise`), the streaming VAE decodes the proposal
 after a snapshot of its cache, a router judges the frames, and either the draft is committed to the target (lazily)
 or the decode cache is restored and the target regenerates the block from the same noise. `SDVGPipeline.stream`
-is that loop; `__call__` collects it into an `SDVGOutput`.
+is that loop; `__call__` collects it into an `SDVGOutput`. One `RunConfig` (sdvg.config) carries a video's settings.
+
+Vocabulary (used the same way in code, traces and docs). *Draft*: the drafter's latents for a block, denoised from
+the block's noise. *Accept*: the router finds the draft's decoded frames good enough; the draft is emitted. *Reject*:
+it does not; the decode cache goes back to its snapshot and the target regenerates. *Regenerate*: the target makes
+the block from the same noise (or, stitching, from the draft's k-th step). *Stitch*: the drafter runs the first
+`stitch_steps` steps and the target the rest (every block in mode stitch; on a rejection in sdvg, "hybrid").
+*Commit*: make a final block part of a model's KV-cache context (the target gets the emitted block, the drafter its
+own draft or the emitted block); lazy: recorded at once, its forward runs when the model next denoises. *Flush*: run
+a model's pending commits; timed as `commit`, right before the target denoises. *Emit*: hand a block's final frames
+and latents out (`stream` yields a `BlockOutput`); routers and scorers that carry state follow the emitted block.
 """
 from __future__ import annotations
 
@@ -13,20 +23,18 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Literal
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Iterator
 
 import torch
 
-from sdvg.config import CacheConfig, DiTConfig, VideoConfig
+from sdvg.config import CacheConfig, DiTConfig, DrafterContext, Mode, RunConfig, VideoConfig
 from sdvg.exact import speculative_sample
 from sdvg.live import PromptSchedule, StreamControl
 from sdvg.proposer import Proposer
 from sdvg.routers import Decision, Router
 from sdvg.sampler import BlockModel, add_noise, block_noise, handoff_step
-from sdvg.settings import check_prompt, check_run, check_seed
-
-Mode = Literal["sdvg", "target", "draft", "stitch", "exact"]
+from sdvg.settings import check_prompt, check_stitch_steps
 
 
 class PipelineBusyError(RuntimeError):
@@ -54,16 +62,13 @@ class BlockTrace:
 
 @dataclass
 class VideoTrace:
+    """One video's record: its settings, router, per-block traces and totals (`to_dict`: what `sdvg generate` saves)."""
+
     prompt: str
-    seed: int
-    mode: str
+    run: RunConfig  # the video's settings; run.overlap: pipelined speculation ran (False also when it fell back)
     tau: float | None
     router: str | None
     cache_policy: str
-    stitch_steps: int
-    force_reject_first: bool
-    drafter_context: str
-    overlap: bool = False  # pipelined speculation ran (False also when it was asked for but fell back)
     blocks: list[BlockTrace] = field(default_factory=list)
     wall_s: float = 0.0
     peak_mem_mb: float = 0.0
@@ -87,10 +92,11 @@ class VideoTrace:
         return sum(b.target_forwards for b in self.blocks)
 
     def to_dict(self) -> dict:
+        """Flat: the run's settings beside the prompt, as saved traces hold them."""
         d = asdict(self)
-        d.update(accept_rate=self.accept_rate, drafter_forwards=self.drafter_forwards,
-                 target_forwards=self.target_forwards, accepted=[b.accepted for b in self.blocks])
-        return d
+        return {"prompt": d.pop("prompt"), **d.pop("run"), **d, "accept_rate": self.accept_rate,
+                "drafter_forwards": self.drafter_forwards, "target_forwards": self.target_forwards,
+                "accepted": [b.accepted for b in self.blocks]}
 
     @property
     def marks(self) -> str:
@@ -99,7 +105,7 @@ class VideoTrace:
 
     def summary(self) -> str:
         acc = "n/a" if self.accept_rate is None else f"{self.accept_rate:.0%}"
-        return (f"{self.mode}: blocks {self.marks}  accept {acc}  forwards drafter {self.drafter_forwards} "
+        return (f"{self.run.mode}: blocks {self.marks}  accept {acc}  forwards drafter {self.drafter_forwards} "
                 f"target {self.target_forwards}  {self.wall_s:.2f}s")
 
 
@@ -119,6 +125,31 @@ class SDVGOutput:
     frames: torch.Tensor  # [T, 3, H, W] float in [0, 1]
     latents: torch.Tensor  # [1, C, F, h, w]
     trace: VideoTrace
+
+
+@dataclass
+class _Block:
+    """One block as its kind made it, handed on to the decode, the commits, the trace and the emit."""
+
+    latents: torch.Tensor  # what is emitted, and committed to the target
+    source: str  # BlockTrace.source: "draft" | "target" | "stitch" | "exact"
+    frames: torch.Tensor | None = None  # the emitted frames (None: not decoded yet)
+    decision: Decision | None = None  # the router's (None: not routed)
+    draft: torch.Tensor | None = None  # the drafter's own block, which an "own" drafter commits
+    draft_frames: torch.Tensor | None = None  # its decoded frames
+    skipped: str | None = None  # BlockTrace.skipped
+    steps_ok: int | None = None  # mode exact: drafter transitions the target accepted
+    drafter_fwd: int | None = None  # a proposer's draft: its forwards (the drafter's count moves on its thread)
+
+
+@dataclass
+class _StreamState:
+    """A stream's state between blocks."""
+
+    run: RunConfig
+    prompt: str  # what blocks are scored against (live control may switch it)
+    overlap: bool  # pipelined speculation runs
+    proposer: Proposer | None = None  # overlap: the drafter's thread, started at the first speculative block
 
 
 def _sync(device: torch.device) -> None:
@@ -221,146 +252,208 @@ class SDVGPipeline:
 
     # --- the loop -------------------------------------------------------------------------------------------------
     def stream(self, prompt: str, *, mode: Mode = "sdvg", seed: int = 0, force_reject_first: bool = True,
-               drafter_context: Literal["own", "emitted"] = "own", stitch_steps: int = 0,
-               trace: VideoTrace | None = None, control: StreamControl | None = None,
-               overlap: bool = False) -> Iterator[BlockOutput]:
-        """Yield each block's frames as soon as they are final (see module docstring for the algorithm).
-        `control` (`sdvg.live.StreamControl`): prompt switches, τ changes and stop requests from another thread,
-        applied before the next block. `overlap`: pipelined speculation (`sdvg.proposer`: the drafter drafts up
-        to `self.lookahead` blocks ahead on its own thread; see `overlap_blocker`); the video is bit for bit the
-        sequential one."""
+               drafter_context: DrafterContext = "own", stitch_steps: int = 0, trace: VideoTrace | None = None,
+               control: StreamControl | None = None, overlap: bool = False) -> Iterator[BlockOutput]:
+        """Yield each block's frames as soon as they are final (see the module docstring for the algorithm).
+
+        prompt: the text the video follows (and the router scores drafts against).
+        mode: what makes each block: "sdvg" (draft, route, regenerate on reject), "target", "draft", "stitch" or
+            "exact" (see `RunConfig`).
+        seed: keys the noise of every block (and the random draws): the same seed gives the same video.
+        force_reject_first: sdvg: the target makes block 0 unrouted (it fixes the scene).
+        drafter_context: "own": the drafter's cache keeps its own drafts (the paper's); "emitted": the emitted blocks.
+        stitch_steps: stitch: the drafter's steps before the target takes over; sdvg: the same on a rejection.
+        trace: a `VideoTrace` that each block's `BlockTrace` is appended to (`__call__` passes one).
+        control: a `sdvg.live.StreamControl`: prompt switches, tau changes and stop requests from another thread,
+            applied before the next block.
+        overlap: pipelined speculation (`sdvg.proposer`: the drafter drafts up to `self.lookahead` blocks ahead on
+            its own thread; see `overlap_blocker`); the video is bit for bit the sequential one.
+        """
+        check_prompt(prompt)
+        run = RunConfig(mode=mode, seed=seed, force_reject_first=force_reject_first, drafter_context=drafter_context,
+                        stitch_steps=stitch_steps, overlap=overlap)
+        yield from self._stream(prompt, run, trace, control)
+
+    def _stream(self, prompt: str, run: RunConfig, trace: VideoTrace | None,
+                control: StreamControl | None) -> Iterator[BlockOutput]:
+        """The loop behind `stream` and `__call__`: per block, apply live control, then make, commit and emit it."""
         if not self._busy.acquire(blocking=False):
             raise PipelineBusyError(
                 "this pipeline is already generating a video (another stream() is open): finish or close() that "
                 "stream first, or make one pipeline per concurrent video with models.pipeline()")
-        proposer: Proposer | None = None  # overlap: the drafter's thread, started at the first drafted block
+        state: _StreamState | None = None
         try:
-            d, t, dec = self.drafter, self.target, self.decoder
-            self._check_args(prompt, mode, seed, stitch_steps, drafter_context)
+            self._check_models(run)
             self.check_memory(keep_frames=False)
-            context = self.text_encoder.encode([prompt]).to(self.device)
-            for m in (d, t):
-                if m is not None:
-                    m.set_context(context)
-            dec.reset()
-            if self.router is not None:
-                self.router.reset(seed)
-            self._scorer_call("reset")
-            prompts = PromptSchedule(prompt, context)
-            why = self.overlap_blocker(mode, drafter_context, control) if overlap else None
-            if why:
-                warnings.warn(f"overlap falls back to the sequential loop: {why}", stacklevel=2)
-            use_proposer = overlap and why is None
+            prompts = self._begin(prompt, run.seed)
+            state = _StreamState(run, prompt, self._overlaps(run, control))
             for b in range(self.video.num_blocks):
                 if control is not None:
                     if control.stopped:
                         break
-                    prompt = self._apply(control, prompts)
-                t_block = time.perf_counter()
-                ms: dict[str, float] = {}
-                fwd0 = (d.forwards if d else 0, t.forwards if t else 0)
-                drafter_fwd: int | None = None  # a proposer's block: its count (d.forwards moves on its thread)
-                noise, step_noises = block_noise(seed, b, self._block_shape(), self._num_steps, device=self.device)
-                decision: Decision | None = None
-                frames = draft = draft_frames = skipped = steps_ok = None
-                if mode == "draft":
-                    with _timed(ms, "draft", self.device):
-                        x = draft = d.denoise(b, noise, step_noises)
-                    src = "draft"
-                elif mode == "target" or (mode == "sdvg" and b == 0 and force_reject_first):
-                    # Block 0 fixes the scene: the target makes it and no draft is wasted on it; the drafter is
-                    # conditioned on the target's block 0 (see README, "Block 0").
-                    with _timed(ms, "commit", self.device):
-                        t.flush()
-                    with _timed(ms, "target", self.device):
-                        x = t.denoise(b, noise, step_noises)
-                    src = "target"
-                elif mode == "stitch":
-                    with _timed(ms, "draft", self.device):
-                        x_k, states = d.trajectory(b, noise, step_noises, stop_step=stitch_steps)
-                    with _timed(ms, "commit", self.device):
-                        t.flush()
-                    with _timed(ms, "target", self.device):
-                        x = self._finish_stitch(b, stitch_steps, x_k, states[stitch_steps - 1][1], noise,
-                                                step_noises)
-                    src = "stitch"
-                elif mode == "exact":  # exact speculative sampling of the drafter's trajectory (sdvg.exact)
-                    with _timed(ms, "draft", self.device):
-                        _, states = d.trajectory(b, noise, step_noises)  # the drafter keeps the emitted blocks
-                    with _timed(ms, "target", self.device):
-                        x, steps_ok = speculative_sample(d, t, b, noise, step_noises, states, seed)
-                    src = "exact"
-                elif hasattr(self.router, "skip_draft") and self.router.skip_draft(b):  # draft skipping (vvs)
-                    with _timed(ms, "commit", self.device):
-                        t.flush()
-                    with _timed(ms, "target", self.device):
-                        x = t.denoise(b, noise, step_noises)
-                    src, skipped = "target", "draft"
-                else:  # sdvg: draft (or take the proposer's), decode after a snapshot, route
-                    if use_proposer and proposer is None:
-                        proposer = Proposer(d, seed, self._block_shape(), self._num_steps, b, self.video.num_blocks,
-                                            self.lookahead)
-                    if proposer is not None:
-                        p = proposer.take(b)
-                        draft, states, ms["draft"], drafter_fwd = p.draft, p.states, p.ms, p.forwards
-                    else:
-                        with _timed(ms, "draft", self.device):
-                            draft, states = d.trajectory(b, noise, step_noises)
-                    _check_finite(draft, b, "draft latents")
-                    snap = dec.snapshot()
-                    frames = draft_frames = self._decode(draft, ms)
-                    with _timed(ms, "score", self.aux_device):
-                        decision = self.router.decide(b, frames, prompt)
-                    if decision.skipped:
-                        skipped = "score"
-                    if decision.accept:
-                        x, src = draft, "draft"
-                    else:
-                        dec.restore(snap)
-                        frames = None
-                        with _timed(ms, "commit", self.device):
-                            t.flush()
-                        k = stitch_steps
-                        with _timed(ms, "target", self.device):
-                            x = (self._finish_stitch(b, k, states[k][0], states[k - 1][1], noise, step_noises) if k
-                                 else t.denoise(b, noise, step_noises))
-                        src = "stitch" if k else "target"
-                _check_finite(x, b, "latents")
-                if frames is None:
-                    frames = self._decode(x, ms)
-                _check_finite(frames, b, "decoded frames")
-                if src == "draft":
-                    draft_frames = frames
-                # Commits are lazy inside BlockModel: they cost a forward only when that model next denoises. The
-                # frames go with them for the recompute policy's re-encoded anchor (each model re-encodes the
-                # decoded frames of what its own cache holds).
-                if t is not None and mode != "draft":
-                    t.commit(b, x, frames)
-                if d is not None and mode != "target" and d.committed == b:  # (overlap commits drafts early)
-                    # "own" (the paper): the drafter's cache keeps its own draft, accepted or not.
-                    own = drafter_context == "own" and draft is not None
-                    d.commit(b, draft if own else x, draft_frames if own else frames)
-                bt = BlockTrace(
-                    index=b, source=src, skipped=skipped, steps_accepted=steps_ok,
-                    accepted=(False if skipped == "draft" else None if decision is None else bool(decision.accept)),
-                    score=None if decision is None else decision.score,
-                    threshold=None if decision is None else decision.threshold,
-                    frame_scores=[] if decision is None else list(decision.frame_scores),
-                    drafter_forwards=(drafter_fwd if drafter_fwd is not None else d.forwards - fwd0[0] if d else 0),
-                    target_forwards=(t.forwards if t else 0) - fwd0[1],
-                    ms=ms)
-                if decision is None and skipped is None and mode == "sdvg" and hasattr(self.router, "observe"):
-                    self.router.observe(b, frames, prompt)  # e.g. the per-prompt threshold reads the target's block 0
-                self._scorer_call("remember", frames)  # a scorer that carries state across blocks sees the emitted
-                _sync(self.device)
-                ms["block"] = 1000 * (time.perf_counter() - t_block)  # the critical path of this block
+                    state.prompt = self._apply(control, prompts)
+                out = self._block(state, b)
                 if trace is not None:
-                    trace.blocks.append(bt)
-                yield BlockOutput(b, frames.float().cpu(), x.float().cpu(), bt, prompt)
+                    trace.blocks.append(out.trace)
+                yield out
         finally:
-            if proposer is not None:
-                proposer.close()
+            if state is not None and state.proposer is not None:
+                state.proposer.close()
             self._busy.release()
+
+    def _block(self, state: _StreamState, b: int) -> BlockOutput:
+        """One block: made by its kind, decoded, committed, traced; `ms["block"]` is its critical path."""
+        t0 = time.perf_counter()
+        ms: dict[str, float] = {}
+        fwd0 = self._forwards()
+        res = self._make(state, b, ms)
+        self._decode_emitted(b, res, ms)
+        self._commit(b, state.run, res)
+        bt = self._block_trace(b, res, ms, fwd0)
+        self._remember(b, state, res)
+        _sync(self.device)
+        ms["block"] = 1000 * (time.perf_counter() - t0)
+        return BlockOutput(b, res.frames.float().cpu(), res.latents.float().cpu(), bt, state.prompt)
+
+    # --- one block, by kind ---------------------------------------------------------------------------------------
+    def _make(self, state: _StreamState, b: int, ms: dict[str, float]) -> _Block:
+        """Block b by the run's mode; in sdvg the target makes block 0 when it is forced (it fixes the scene and no
+        draft is wasted on it; the drafter is conditioned on it, see README, "Block 0") and the blocks a draft-skipping
+        router (vvs) skips."""
+        run = state.run
+        noise, step_noises = block_noise(run.seed, b, self._block_shape(), self._num_steps, device=self.device)
+        if run.mode == "draft":
+            return self._draft_block(b, noise, step_noises, ms)
+        if run.mode == "target" or (run.mode == "sdvg" and b == 0 and run.force_reject_first):
+            return _Block(self._target_denoise(b, noise, step_noises, ms), "target")
+        if run.mode == "stitch":
+            return self._stitch_block(b, run.stitch_steps, noise, step_noises, ms)
+        if run.mode == "exact":
+            return self._exact_block(b, run.seed, noise, step_noises, ms)
+        if hasattr(self.router, "skip_draft") and self.router.skip_draft(b):
+            return _Block(self._target_denoise(b, noise, step_noises, ms), "target", skipped="draft")
+        return self._speculate(state, b, noise, step_noises, ms)
+
+    def _draft_block(self, b: int, noise: torch.Tensor, step_noises: list[torch.Tensor],
+                     ms: dict[str, float]) -> _Block:
+        """Mode draft: the drafter's block is emitted as it is."""
+        with _timed(ms, "draft", self.device):
+            x = self.drafter.denoise(b, noise, step_noises)
+        return _Block(x, "draft", draft=x)
+
+    def _stitch_block(self, b: int, k: int, noise: torch.Tensor, step_noises: list[torch.Tensor],
+                      ms: dict[str, float]) -> _Block:
+        """Mode stitch (T-Stitch): the drafter's first k steps, the target's rest."""
+        with _timed(ms, "draft", self.device):
+            x_k, states = self.drafter.trajectory(b, noise, step_noises, stop_step=k)
+        return _Block(self._target_denoise(b, noise, step_noises, ms, (k, x_k, states[k - 1][1])), "stitch")
+
+    def _exact_block(self, b: int, seed: int, noise: torch.Tensor, step_noises: list[torch.Tensor],
+                     ms: dict[str, float]) -> _Block:
+        """Mode exact: speculative sampling of the drafter's trajectory (sdvg.exact); the target's distribution."""
+        with _timed(ms, "draft", self.device):
+            _, states = self.drafter.trajectory(b, noise, step_noises)  # the drafter keeps the emitted blocks
+        with _timed(ms, "target", self.device):
+            x, steps_ok = speculative_sample(self.drafter, self.target, b, noise, step_noises, states, seed)
+        return _Block(x, "exact", steps_ok=steps_ok)
+
+    def _speculate(self, state: _StreamState, b: int, noise: torch.Tensor, step_noises: list[torch.Tensor],
+                   ms: dict[str, float]) -> _Block:
+        """Mode sdvg: propose a draft, decode it after a snapshot of the decode cache, let the router decide; accept
+        the draft, or restore the snapshot and regenerate (stitching from the draft with `stitch_steps`)."""
+        draft, states, drafter_fwd = self._propose(state, b, noise, step_noises, ms)
+        _check_finite(draft, b, "draft latents")
+        snap = self.decoder.snapshot()
+        frames = self._decode(draft, ms)
+        with _timed(ms, "score", self.aux_device):
+            decision = self.router.decide(b, frames, state.prompt)
+        both = dict(decision=decision, draft=draft, draft_frames=frames, drafter_fwd=drafter_fwd,
+                    skipped="score" if decision.skipped else None)  # what an accepted and a rejected block share
+        if decision.accept:
+            return _Block(draft, "draft", frames, **both)
+        self.decoder.restore(snap)
+        k = state.run.stitch_steps
+        x = self._target_denoise(b, noise, step_noises, ms, (k, states[k][0], states[k - 1][1]) if k else None)
+        return _Block(x, "stitch" if k else "target", **both)
+
+    def _propose(self, state: _StreamState, b: int, noise: torch.Tensor, step_noises: list[torch.Tensor],
+                 ms: dict[str, float]) -> tuple[torch.Tensor, dict, int | None]:
+        """(draft, its step states, the proposer's drafter forwards or None): drafted here, or taken from the
+        proposer, which starts at the first speculative block (the drafter has committed every block before it)."""
+        if state.overlap and state.proposer is None:
+            state.proposer = Proposer(self.drafter, state.run.seed, self._block_shape(), self._num_steps, b,
+                                      self.video.num_blocks, self.lookahead)
+        if state.proposer is not None:
+            p = state.proposer.take(b)
+            ms["draft"] = p.ms
+            return p.draft, p.states, p.forwards
+        with _timed(ms, "draft", self.device):
+            draft, states = self.drafter.trajectory(b, noise, step_noises)
+        return draft, states, None
+
+    def _target_denoise(self, b: int, noise: torch.Tensor, step_noises: list[torch.Tensor], ms: dict[str, float],
+                        handoff: tuple[int, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The target makes block b from its noise, or from a drafter's `handoff` = (k, x_k, x0 at step k - 1) (see
+        `_finish_stitch`), after flushing its pending commits."""
+        with _timed(ms, "commit", self.device):
+            self.target.flush()
+        with _timed(ms, "target", self.device):
+            if handoff is None:
+                return self.target.denoise(b, noise, step_noises)
+            return self._finish_stitch(b, *handoff, noise, step_noises)
+
+    # --- after a block is made ------------------------------------------------------------------------------------
+    def _decode_emitted(self, b: int, res: _Block, ms: dict[str, float]) -> None:
+        """The emitted frames: decoded unless the accepted draft's decode gave them; latents and frames checked."""
+        _check_finite(res.latents, b, "latents")
+        if res.frames is None:
+            res.frames = self._decode(res.latents, ms)
+        _check_finite(res.frames, b, "decoded frames")
+        if res.source == "draft":
+            res.draft_frames = res.frames
+
+    def _commit(self, b: int, run: RunConfig, res: _Block) -> None:
+        """Commit block b to both models. Commits are lazy inside BlockModel: they cost a forward only when that
+        model next denoises. The frames go with them for the recompute policy's re-encoded anchor (each model
+        re-encodes the decoded frames of what its own cache holds)."""
+        d, t = self.drafter, self.target
+        if t is not None and run.mode != "draft":
+            t.commit(b, res.latents, res.frames)
+        if d is not None and run.mode != "target" and d.committed == b:  # (overlap commits drafts early)
+            # "own" (the paper): the drafter's cache keeps its own draft, accepted or not.
+            own = run.drafter_context == "own" and res.draft is not None
+            d.commit(b, res.draft if own else res.latents, res.draft_frames if own else res.frames)
+
+    def _forwards(self) -> tuple[int, int]:
+        """(drafter, target) forwards so far: a block's counts are the difference across it."""
+        return (self.drafter.forwards if self.drafter else 0, self.target.forwards if self.target else 0)
+
+    def _block_trace(self, b: int, res: _Block, ms: dict[str, float], fwd0: tuple[int, int]) -> BlockTrace:
+        """Block b's trace; `ms` is shared, so the block's total, taken after this, lands in it too."""
+        dec, fwd = res.decision, self._forwards()
+        return BlockTrace(
+            index=b, source=res.source, skipped=res.skipped, steps_accepted=res.steps_ok,
+            accepted=(False if res.skipped == "draft" else None if dec is None else bool(dec.accept)),
+            score=None if dec is None else dec.score,
+            threshold=None if dec is None else dec.threshold,
+            frame_scores=[] if dec is None else list(dec.frame_scores),
+            drafter_forwards=res.drafter_fwd if res.drafter_fwd is not None else fwd[0] - fwd0[0],
+            target_forwards=fwd[1] - fwd0[1], ms=ms)
+
+    def _remember(self, b: int, state: _StreamState, res: _Block) -> None:
+        """Routers and scorers that carry state across blocks see the emitted block: a router observes the blocks it
+        did not route (e.g. the per-prompt threshold reads the target's block 0), a stateful scorer every block."""
+        forced = state.run.mode == "sdvg" and res.decision is None and res.skipped is None  # the target's block 0
+        if forced and hasattr(self.router, "observe"):
+            self.router.observe(b, res.frames, state.prompt)
+        self._scorer_call("remember", res.frames)
+
+    def _overlaps(self, run: RunConfig, control: StreamControl | None) -> bool:
+        """Whether pipelined speculation runs: asked for and possible; when asked for but not possible, says why."""
+        why = self.overlap_blocker(run.mode, run.drafter_context, control) if run.overlap else None
+        if why:
+            warnings.warn(f"overlap falls back to the sequential loop: {why}", stacklevel=4)  # the caller's line
+        return run.overlap and why is None
 
     def overlap_blocker(self, mode: str, drafter_context: str, control: StreamControl | None) -> str | None:
         """Why pipelined speculation cannot run for these settings (None: it can). Overlap drafts blocks b+1.. on
@@ -391,25 +484,34 @@ class SDVGPipeline:
             return self.decoder.decode(latents.to(self.aux_device))
 
     def __call__(self, prompt: str, *, mode: Mode = "sdvg", seed: int = 0, force_reject_first: bool = True,
-                 drafter_context: Literal["own", "emitted"] = "own", stitch_steps: int = 0,
+                 drafter_context: DrafterContext = "own", stitch_steps: int = 0,
                  callback: Callable[[BlockOutput], None] | None = None, progress: bool = False,
                  overlap: bool = False) -> SDVGOutput:
-        """Generate one video. `callback` is called after every block; `progress` shows a bar with A/R marks;
-        `overlap`: pipelined speculation (the same video, see `stream`)."""
-        self._check_args(prompt, mode, seed, stitch_steps, drafter_context)
+        """Generate one video: `stream`'s blocks collected, with the trace's wall time and peak memory.
+
+        prompt: the text the video follows (and the router scores drafts against).
+        mode: "sdvg", "target", "draft", "stitch" or "exact": what makes each block (see `stream`, `RunConfig`).
+        seed: keys the noise of every block (and the random draws): the same seed gives the same video.
+        force_reject_first: sdvg: the target makes block 0 unrouted (it fixes the scene).
+        drafter_context: "own": the drafter's cache keeps its own drafts (the paper's); "emitted": the emitted blocks.
+        stitch_steps: stitch: the drafter's steps before the target takes over; sdvg: the same on a rejection.
+        callback: called with each block's `BlockOutput` as soon as it is final.
+        progress: show a progress bar with the blocks' A/R marks.
+        overlap: pipelined speculation (the same video, see `stream`); the trace says whether it ran.
+        """
+        check_prompt(prompt)
+        run = RunConfig(mode=mode, seed=seed, force_reject_first=force_reject_first, drafter_context=drafter_context,
+                        stitch_steps=stitch_steps, overlap=overlap)
+        self._check_models(run)
         self.check_memory(keep_frames=True)
-        trace = self.new_trace(prompt, mode=mode, seed=seed, force_reject_first=force_reject_first,
-                               drafter_context=drafter_context, stitch_steps=stitch_steps)
-        trace.overlap = overlap and self.overlap_blocker(mode, drafter_context, None) is None
+        trace = self.new_trace(prompt, run)
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.video.num_blocks, desc=mode, unit="block", leave=False)
         t0 = time.perf_counter()
         frames, latents = [], []
-        for out in self.stream(prompt, mode=mode, seed=seed, force_reject_first=force_reject_first,
-                               drafter_context=drafter_context, stitch_steps=stitch_steps, trace=trace,
-                               overlap=overlap):
+        for out in self._stream(prompt, run, trace, None):
             frames.append(out.frames)
             latents.append(out.latents)
             if callback is not None:
@@ -425,6 +527,18 @@ class SDVGPipeline:
         return SDVGOutput(torch.cat(frames), torch.cat(latents, dim=2), trace)
 
     # --- helpers ----------------------------------------------------------------------------------------------------
+    def _begin(self, prompt: str, seed: int) -> PromptSchedule:
+        """A video's fresh start: both models see the prompt's context; the decoder, router and scorer reset."""
+        context = self.text_encoder.encode([prompt]).to(self.device)
+        for m in (self.drafter, self.target):
+            if m is not None:
+                m.set_context(context)
+        self.decoder.reset()
+        if self.router is not None:
+            self.router.reset(seed)
+        self._scorer_call("reset")
+        return PromptSchedule(prompt, context)
+
     def _apply(self, control: StreamControl, prompts: PromptSchedule) -> str:
         """Take the control's pending requests; returns the prompt the next block is scored against."""
         switch, tau = control.take()
@@ -440,13 +554,12 @@ class SDVGPipeline:
             self.router.tau = tau
         return prompts.prompt
 
-    def new_trace(self, prompt: str, *, mode: str, seed: int, force_reject_first: bool, drafter_context: str,
-                  stitch_steps: int) -> VideoTrace:
-        r = self.router if mode == "sdvg" else None
-        return VideoTrace(prompt=prompt, seed=seed, mode=mode, tau=getattr(r, "tau", None),
-                          router=getattr(r, "name", None), cache_policy=(self.target or self.drafter).cache_policy,
-                          stitch_steps=stitch_steps, force_reject_first=force_reject_first,
-                          drafter_context=drafter_context)
+    def new_trace(self, prompt: str, run: RunConfig) -> VideoTrace:
+        """An empty trace of a video made with `run`; its overlap says whether pipelined speculation will run."""
+        r = self.router if run.mode == "sdvg" else None
+        ran = run.overlap and self.overlap_blocker(run.mode, run.drafter_context, None) is None
+        return VideoTrace(prompt=prompt, run=replace(run, overlap=ran), tau=getattr(r, "tau", None),
+                          router=getattr(r, "name", None), cache_policy=(self.target or self.drafter).cache_policy)
 
     def check_memory(self, keep_frames: bool = True) -> None:
         """Refuse a video that cannot fit (see `check_memory`); `keep_frames`: the whole video is returned."""
@@ -476,17 +589,16 @@ class SDVGPipeline:
         h, w = self.video.latent_hw
         return (1, m.dit.cfg.in_dim, self.video.frames_per_block, h, w)
 
-    def _check_args(self, prompt: str, mode: str, seed: int, stitch_steps: int, drafter_context: str) -> None:
-        check_prompt(prompt)
-        check_seed(seed)
-        check_run(mode, stitch_steps, drafter_context, (self.drafter or self.target).num_steps)
+    def _check_models(self, run: RunConfig) -> None:
+        """The models `run` needs are here, and its stitch_steps fit their schedule."""
+        check_stitch_steps(run.stitch_steps, (self.drafter or self.target).num_steps)
         needs = {"sdvg": ("drafter", "target", "router"), "target": ("target",), "draft": ("drafter",),
-                 "stitch": ("drafter", "target"), "exact": ("drafter", "target")}[mode]
+                 "stitch": ("drafter", "target"), "exact": ("drafter", "target")}[run.mode]
         for name in needs:
             if getattr(self, name) is None:
                 hint = " (a model set without a scorer builds none: load a scorer, or name a router that needs none)" \
                     if name == "router" else ""
-                raise ValueError(f"mode {mode!r} needs a {name}{hint}")
+                raise ValueError(f"mode {run.mode!r} needs a {name}{hint}")
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
+from sdvg.config import DEFAULT_TAU
 from sdvg.scorers.base import Scorer, aggregate
 from sdvg.seeding import derive_seed
 from sdvg.settings import check_rate, check_tau
@@ -329,7 +330,7 @@ def needs_scorer(name: str) -> bool:
     return name in _ROUTERS and _ROUTERS[name].needs_scorer
 
 
-def build_router(name: str, *, scorer: Scorer | None = None, tau: float = -0.7, accept_rate: float = 0.5,
+def build_router(name: str, *, scorer: Scorer | None = None, tau: float = DEFAULT_TAU, accept_rate: float = 0.5,
                  q: float = 0.1, seed: int = 0, prefix_blocks: int = 1, delta: float = 0.3,
                  margin: float = 0.2, window: int = 2) -> Router:
     """Router by name (`router_names()`); score-based routers need a scorer."""

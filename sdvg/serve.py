@@ -15,8 +15,10 @@ import json
 import struct
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from sdvg.config import RunConfig
 
 MAGIC = b"SDVG"
 MAX_MESSAGE = 16 * 1024  # bytes of a client message; longer ones get an error reply
@@ -113,7 +115,7 @@ class StartRequest:
     @classmethod
     def parse(cls, msg: dict, max_blocks: int) -> "StartRequest":
         from sdvg.routers import router_names
-        from sdvg.settings import check_int, check_prompt, check_rate, check_run, check_seed, check_tau
+        from sdvg.settings import check_int, check_prompt, check_rate, check_tau
 
         known = {f for f in cls.__dataclass_fields__}
         extra = sorted(set(msg) - known - {"type"})
@@ -121,8 +123,7 @@ class StartRequest:
             raise ValueError(f"unknown fields {extra} in start; known: {sorted(known)}")
         req = cls(**{k: v for k, v in msg.items() if k != "type"})
         check_prompt(req.prompt)
-        check_seed(req.seed)
-        check_run(req.mode, req.stitch_steps, "own")
+        req.run_config()  # seed, mode and stitch_steps: the pipeline's own checks
         if req.tau is not None:
             check_tau(req.tau)
         if req.router not in router_names():
@@ -133,6 +134,10 @@ class StartRequest:
             if req.num_blocks > max_blocks:
                 raise ValueError(f"num_blocks must be <= {max_blocks} (or null: until stopped)")
         return req
+
+    def run_config(self) -> RunConfig:
+        """The session's video settings (checked when built)."""
+        return RunConfig(mode=self.mode, seed=self.seed, stitch_steps=self.stitch_steps)
 
 
 class Session:
@@ -177,8 +182,7 @@ class Session:
     def _run(self) -> None:
         saved, t_prev = 0, time.perf_counter()
         try:
-            stream = self.pipe.stream(self.req.prompt, mode=self.req.mode, seed=self.req.seed,
-                                      stitch_steps=self.req.stitch_steps, control=self.control)
+            stream = self.pipe.stream(self.req.prompt, **asdict(self.req.run_config()), control=self.control)
             for out in stream:
                 bt = out.trace
                 now = time.perf_counter()

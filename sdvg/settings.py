@@ -9,7 +9,7 @@ import math
 import numbers
 from typing import Any, Callable
 
-MODES: tuple[str, ...] = ("sdvg", "target", "draft", "stitch", "exact")
+MODES: tuple[str, ...] = ("sdvg", "target", "draft", "stitch", "exact")  # sdvg.config.Mode, as a tuple
 STITCH_MODES = ("sdvg", "stitch")  # modes in which stitch_steps means something (hybrid sdvg, T-Stitch)
 
 
@@ -47,8 +47,9 @@ def check_rate(value: Any, name: str = "accept_rate") -> float:
     return float(value)
 
 
-def check_run(mode: str, stitch_steps: int, drafter_context: str, num_steps: int | None = None) -> None:
-    """Per-video settings; `num_steps` (the model's denoising steps) bounds stitch_steps once models are known."""
+def check_run(mode: str, stitch_steps: int, drafter_context: str) -> None:
+    """Per-video settings (`RunConfig` checks itself with this); `check_stitch_steps` bounds stitch_steps once the
+    models are known."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     check_int(stitch_steps, "stitch_steps", 0)
@@ -56,11 +57,15 @@ def check_run(mode: str, stitch_steps: int, drafter_context: str, num_steps: int
         raise ValueError(f"stitch_steps is used by modes {' and '.join(STITCH_MODES)} only, not {mode!r}")
     if mode == "stitch" and stitch_steps == 0:
         raise ValueError("mode 'stitch' needs stitch_steps >= 1")
-    if num_steps is not None and stitch_steps >= num_steps:
-        raise ValueError(f"stitch_steps must be in [0, {num_steps - 1}] for a {num_steps}-step model, "
-                         f"got {stitch_steps}")
     if drafter_context not in ("own", "emitted"):
         raise ValueError(f"drafter_context must be 'own' or 'emitted', got {drafter_context!r}")
+
+
+def check_stitch_steps(stitch_steps: int, num_steps: int) -> None:
+    """stitch_steps leaves the target at least one of the model's `num_steps` denoising steps."""
+    if stitch_steps >= num_steps:
+        raise ValueError(f"stitch_steps must be in [0, {num_steps - 1}] for a {num_steps}-step model, "
+                         f"got {stitch_steps}")
 
 
 def check_cache(window_frames: int, sink_frames: int) -> None:
@@ -151,5 +156,5 @@ def glue_negative_values(argv: list[str], flags: tuple[str, ...] = NEGATIVE_VALU
     return out
 
 
-__all__ = ["check_prompt", "check_int", "check_seed", "check_tau", "check_rate", "check_run", "check_cache",
-           "arg_type", "glue_negative_values", "MODES"]
+__all__ = ["check_prompt", "check_int", "check_seed", "check_tau", "check_rate", "check_run", "check_stitch_steps",
+           "check_cache", "arg_type", "glue_negative_values", "MODES"]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from sdvg.config import CacheConfig
+from sdvg.config import CacheConfig, RunConfig
 from sdvg.loading import load_tiny_models
 from sdvg.pipeline import NonFiniteError
 from sdvg.vae import StreamingDecoder
@@ -116,6 +116,18 @@ def test_bad_input_errors(models):
         pipe(PROMPT, stitch_steps=4)
 
 
+def test_the_run_config_checks_itself_and_the_trace_records_it_flat(models):
+    for bad, match in ((dict(mode="fast"), "unknown mode"), (dict(seed=1.5), "seed must be an integer"),
+                       (dict(mode="target", stitch_steps=1), "stitch_steps is used by modes")):
+        with pytest.raises(ValueError, match=match):
+            RunConfig(**bad)
+    out = models.pipeline(tau=0.0)(PROMPT, mode="stitch", seed=3, stitch_steps=1)
+    assert out.trace.run == RunConfig(mode="stitch", seed=3, stitch_steps=1)
+    d = out.trace.to_dict()
+    assert "run" not in d and d["mode"] == "stitch" and d["seed"] == 3 and d["stitch_steps"] == 1
+    assert not d["overlap"] and d["drafter_context"] == "own" and d["force_reject_first"]
+
+
 def test_nan_latents_stop_with_the_block_index():
     bad = load_tiny_models(seed=0)
     with torch.no_grad():
@@ -153,7 +165,7 @@ def test_overlap_is_bit_identical_to_the_sequential_loop(cache, kw, stitch):
     models = load_tiny_models(seed=0, num_blocks=5)
     seq = models.pipeline(cache=cache, seed=1, **kw)(PROMPT, seed=9, stitch_steps=stitch)
     ovl = models.pipeline(cache=cache, seed=1, **kw)(PROMPT, seed=9, stitch_steps=stitch, overlap=True)
-    assert ovl.trace.overlap and not seq.trace.overlap
+    assert ovl.trace.run.overlap and not seq.trace.run.overlap
     assert torch.equal(seq.frames, ovl.frames) and torch.equal(seq.latents, ovl.latents)
     assert [b.accepted for b in seq.trace.blocks] == [b.accepted for b in ovl.trace.blocks]
     assert [b.score for b in seq.trace.blocks] == [b.score for b in ovl.trace.blocks]
@@ -166,7 +178,7 @@ def test_overlap_falls_back_and_says_why(models):
     pipe = models.pipeline(tau=0.001)
     with pytest.warns(UserWarning, match="emitted"):
         out = pipe(PROMPT, seed=2, drafter_context="emitted", overlap=True)
-    assert not out.trace.overlap
+    assert not out.trace.run.overlap
     assert pipe.overlap_blocker("target", "own", None) and pipe.overlap_blocker("sdvg", "own", None) is None
     reencode = models.pipeline(tau=0.001, cache=CacheConfig(policy="recompute", recompute_frames=3))
     assert "anchor" in reencode.overlap_blocker("sdvg", "own", None)
