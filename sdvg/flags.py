@@ -136,7 +136,7 @@ def check_model_args(args: argparse.Namespace) -> None:
 
         from sdvg.config import CacheConfig, VideoConfig, dit_preset, model_preset, resolve_cache
         from sdvg.loading import parse_dtype
-        from sdvg.pipeline import check_memory
+        from sdvg.memory import check_memory
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = parse_dtype(args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32"))

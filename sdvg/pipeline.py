@@ -17,24 +17,24 @@ and latents out (`stream` yields a `BlockOutput`); routers and scorers that carr
 """
 from __future__ import annotations
 
-import resource
-import sys
 import threading
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import torch
 
-from sdvg.config import CacheConfig, DiTConfig, DrafterContext, Mode, RunConfig, VideoConfig
+from sdvg.config import DrafterContext, Mode, RunConfig, VideoConfig
+from sdvg.memory import check_memory, peak_mem_mb
 from sdvg.exact import speculative_sample
 from sdvg.live import PromptSchedule, StreamControl
 from sdvg.proposer import Proposer
 from sdvg.routers import Decision, Router
 from sdvg.sampler import BlockModel, add_noise, block_noise, handoff_step
 from sdvg.settings import check_prompt, check_stitch_steps
+from sdvg.trace import BlockOutput, BlockTrace, SDVGOutput, VideoTrace
 
 
 class PipelineBusyError(RuntimeError):
@@ -43,88 +43,6 @@ class PipelineBusyError(RuntimeError):
 
 class NonFiniteError(FloatingPointError):
     """Latents or frames became NaN/Inf; raised with the block index so a bad checkpoint/dtype is easy to find."""
-
-
-@dataclass
-class BlockTrace:
-    index: int
-    source: str  # "draft" | "target" | "stitch": whose latents were emitted
-    accepted: bool | None  # None: no routing happened for this block (forced, or a non-speculative mode)
-    score: float | None
-    threshold: float | None
-    frame_scores: list[float]
-    drafter_forwards: int
-    target_forwards: int
-    ms: dict[str, float]  # draft, decode, score, target, commit; block: the block's critical path
-    skipped: str | None = None  # "draft": not drafted, the target made it; "score": accepted unscored (router vvs)
-    steps_accepted: int | None = None  # mode "exact": drafter transitions the target accepted (of num_steps - 1)
-
-
-@dataclass
-class VideoTrace:
-    """One video's record: its settings, router, per-block traces and totals (`to_dict`: what `sdvg generate` saves)."""
-
-    prompt: str
-    run: RunConfig  # the video's settings; run.overlap: pipelined speculation ran (False also when it fell back)
-    tau: float | None
-    router: str | None
-    cache_policy: str
-    blocks: list[BlockTrace] = field(default_factory=list)
-    wall_s: float = 0.0
-    peak_mem_mb: float = 0.0
-
-    @property
-    def routed(self) -> list[BlockTrace]:
-        return [b for b in self.blocks if b.accepted is not None]
-
-    @property
-    def accept_rate(self) -> float | None:
-        """Accepted / routed blocks (block 0 when forced is not routed, so it is excluded)."""
-        r = self.routed
-        return sum(b.accepted for b in r) / len(r) if r else None
-
-    @property
-    def drafter_forwards(self) -> int:
-        return sum(b.drafter_forwards for b in self.blocks)
-
-    @property
-    def target_forwards(self) -> int:
-        return sum(b.target_forwards for b in self.blocks)
-
-    def to_dict(self) -> dict:
-        """Flat: the run's settings beside the prompt, as saved traces hold them."""
-        d = asdict(self)
-        return {"prompt": d.pop("prompt"), **d.pop("run"), **d, "accept_rate": self.accept_rate,
-                "drafter_forwards": self.drafter_forwards, "target_forwards": self.target_forwards,
-                "accepted": [b.accepted for b in self.blocks]}
-
-    @property
-    def marks(self) -> str:
-        """One letter per block: A accepted draft, R rejected (the target regenerated it), - not routed."""
-        return "".join({True: "A", False: "R", None: "-"}[b.accepted] for b in self.blocks)
-
-    def summary(self) -> str:
-        acc = "n/a" if self.accept_rate is None else f"{self.accept_rate:.0%}"
-        return (f"{self.run.mode}: blocks {self.marks}  accept {acc}  forwards drafter {self.drafter_forwards} "
-                f"target {self.target_forwards}  {self.wall_s:.2f}s")
-
-
-@dataclass
-class BlockOutput:
-    """What `stream` yields: one block's final frames as soon as they are decided."""
-
-    index: int
-    frames: torch.Tensor  # [T, 3, H, W] in [0, 1]
-    latents: torch.Tensor  # [1, C, f, h, w]
-    trace: BlockTrace
-    prompt: str = ""  # the prompt this block was made for (it changes when a `StreamControl` switches it)
-
-
-@dataclass
-class SDVGOutput:
-    frames: torch.Tensor  # [T, 3, H, W] float in [0, 1]
-    latents: torch.Tensor  # [1, C, F, h, w]
-    trace: VideoTrace
 
 
 @dataclass
@@ -155,66 +73,6 @@ class _StreamState:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _peak_mem_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-class TooLargeError(ValueError):
-    """A video that cannot fit in memory, refused before any work (the message states the memory it needs)."""
-
-
-def memory_needed(dits: list[DiTConfig | None], video: VideoConfig, cache: CacheConfig, dtype: torch.dtype,
-                  keep_frames: bool = True) -> tuple[int, int]:
-    """(DiT-device bytes, host bytes) a video needs beyond the weights: the KV caches, bounded by the cache's
-    capacity whatever the length, and, when the whole video is returned (`__call__`, not `stream`), its float32
-    frames and latents on the host, which grow with the length."""
-    elt = torch.empty((), dtype=dtype).element_size()
-    cap = cache.capacity(video.latent_frames, video.frames_per_block)
-    kv = sum(2 * c.num_layers * (cap * video.tokens_per_frame + c.text_len) * c.dim * elt for c in dits if c)
-    host = 0
-    if keep_frames:
-        h, w = video.latent_hw
-        c_in = next(c.in_dim for c in dits if c)
-        host = 4 * (video.num_frames * 3 * video.height * video.width + video.latent_frames * c_in * h * w)
-    return kv, host
-
-
-def available_memory(device: torch.device | str) -> int | None:
-    """Free bytes on a device (CUDA: free memory; CPU: MemAvailable), None when unknown."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for ln in f:
-                if ln.startswith("MemAvailable:"):
-                    return int(ln.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_memory(dits: list[DiTConfig | None], video: VideoConfig, cache: CacheConfig, dtype: torch.dtype,
-                 device: torch.device | str, keep_frames: bool = True) -> None:
-    """Refuse up front (TooLargeError) a video whose caches or frames cannot fit, stating what it needs."""
-    kv, host = memory_needed(dits, video, cache, dtype, keep_frames)
-    device = torch.device(device)
-    need = {device.type: kv}
-    need["cpu"] = need.get("cpu", 0) + host
-    gb = 2**30
-    for dev, n in need.items():
-        free = available_memory(device if dev == device.type else "cpu")
-        if free is not None and n > free:
-            raise TooLargeError(
-                f"this video needs at least {n / gb:.1f} GiB of {dev} memory ({video.num_blocks} blocks of "
-                f"{video.width}x{video.height}: KV caches {kv / gb:.1f} GiB, returned frames {host / gb:.1f} GiB) "
-                f"but {free / gb:.1f} GiB is free; use fewer --num-blocks, a smaller --height/--width or "
-                f"--window-frames")
 
 
 def _check_finite(x: torch.Tensor, block: int, what: str) -> torch.Tensor:
@@ -521,7 +379,7 @@ class SDVGPipeline:
                 bar.update(1)
         _sync(self.device)
         trace.wall_s = time.perf_counter() - t0
-        trace.peak_mem_mb = _peak_mem_mb(self.device)
+        trace.peak_mem_mb = peak_mem_mb(self.device)
         if bar is not None:
             bar.close()
         return SDVGOutput(torch.cat(frames), torch.cat(latents, dim=2), trace)

@@ -16,7 +16,8 @@ from sdvg.cli import main
 from sdvg.io import (atomic_path, clean_stale_temps, prepare_out_dir, read_jsonl, read_prompts, safe_name,
                      video_stem)
 from sdvg.loading import load_tiny_models
-from sdvg.pipeline import PipelineBusyError, TooLargeError
+from sdvg.memory import TooLargeError
+from sdvg.pipeline import PipelineBusyError
 
 PROMPT = "a red circle moving down on a black background"
 TINY = ["--models", "tiny", "--no-progress"]
