@@ -37,8 +37,11 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-class _PromptCache:
-    def __init__(self, size: int) -> None:
+class PromptCache:
+    """A bounded least-recently-used cache of per-prompt values (text embeddings, a scorer's text features): the one
+    per-prompt cache of the package. Bounded because a benchmark sweeps hundreds of prompts and a server runs on."""
+
+    def __init__(self, size: int = 1024) -> None:
         self.size, self._d = size, OrderedDict()
 
     def get(self, key):
@@ -51,6 +54,17 @@ class _PromptCache:
         self._d.move_to_end(key)
         while len(self._d) > self.size:
             self._d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get_or_compute(self, key, compute):
+        """The cached value, else `compute()` stored."""
+        value = self.get(key)
+        if value is None:
+            value = compute()
+            self.put(key, value)
+        return value
 
 
 # ---------------------------------------------------------------- umT5
@@ -135,7 +149,7 @@ class UMT5TextEncoder:
     def __init__(self, model, tokenizer, text_len: int = 512, cache_size: int = 256) -> None:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer, self.text_len = tokenizer, text_len
-        self._cache = _PromptCache(cache_size)
+        self._cache = PromptCache(cache_size)
 
     @property
     def device(self) -> torch.device:

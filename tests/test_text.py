@@ -100,3 +100,12 @@ def test_precomputed(tmp_path, enc, suffix):
         pre.encode(["a green circle"])
     with pytest.raises(FileNotFoundError):
         PrecomputedTextEncoder(tmp_path / "missing.pt")
+
+
+def test_prompt_cache_is_bounded_lru():
+    from sdvg.text import PromptCache
+
+    c, calls = PromptCache(size=2), []
+    get = lambda p: c.get_or_compute(p, lambda: calls.append(p) or p.upper())  # noqa: E731
+    assert [get("a"), get("b"), get("a"), get("c")] == ["A", "B", "A", "C"]  # "b" is now least recently used
+    assert get("a") == "A" and get("b") == "B" and calls == ["a", "b", "c", "b"]

@@ -8,6 +8,7 @@ import torch
 
 from sdvg.scorers.base import check_frames
 from sdvg.scorers.preprocess import CLIP_MEAN, CLIP_STD, reward_preprocess
+from sdvg.text import PromptCache
 
 
 class CLIPScorer:
@@ -24,7 +25,7 @@ class CLIPScorer:
         self.device, self.dtype = torch.device(device), dtype
         self.model = model.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
         self.tokenizer, self.size, self.crop, self.mean, self.std, self.clamp = tokenizer, size, crop, mean, std, clamp
-        self._text: dict[str, torch.Tensor] = {}
+        self._text = PromptCache()
 
     @classmethod
     def from_pretrained(cls, local_dir: str | Path, device: str | torch.device = "cpu",
@@ -50,17 +51,16 @@ class CLIPScorer:
         return cls(model, tok, size=size, crop=crop, mean=mean, std=std, device=device, dtype=dtype, clamp=clamp)
 
     def text_features(self, prompt: str) -> torch.Tensor:
-        if prompt not in self._text:
-            if len(self._text) >= 1024:
-                self._text.clear()
-            max_len = self.model.config.text_config.max_position_embeddings
-            t = self.tokenizer([prompt], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-            with torch.inference_mode():
-                f = self.model.get_text_features(input_ids=t["input_ids"].to(self.device),
-                                                 attention_mask=t["attention_mask"].to(self.device))
-            f = getattr(f, "pooler_output", f)  # transformers 5 may return an output object
-            self._text[prompt] = torch.nn.functional.normalize(f.float(), dim=-1)
-        return self._text[prompt]
+        return self._text.get_or_compute(prompt, lambda: self._text_features(prompt))
+
+    def _text_features(self, prompt: str) -> torch.Tensor:
+        max_len = self.model.config.text_config.max_position_embeddings
+        t = self.tokenizer([prompt], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        with torch.inference_mode():
+            f = self.model.get_text_features(input_ids=t["input_ids"].to(self.device),
+                                             attention_mask=t["attention_mask"].to(self.device))
+        f = getattr(f, "pooler_output", f)  # transformers 5 may return an output object
+        return torch.nn.functional.normalize(f.float(), dim=-1)
 
     @torch.inference_mode()
     def score(self, frames: torch.Tensor, prompt: str) -> torch.Tensor:

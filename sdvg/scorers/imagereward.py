@@ -18,6 +18,7 @@ import torch
 
 from sdvg.scorers.blip import FILES_HELP, REWARD_MEAN, REWARD_STD, ImageRewardConfig, ImageRewardModel
 from sdvg.scorers.preprocess import reward_preprocess
+from sdvg.text import PromptCache
 
 # ---- loading --------------------------------------------------------------------------------------------------------
 def load_tokenizer(path: str | Path):
@@ -86,7 +87,7 @@ class ImageRewardScorer:
         model.mlp.to(device=self.device, dtype=torch.float32)
         self.model = model.eval().requires_grad_(False)
         self.tokenizer, self.full_frame, self.max_batch = tokenizer, full_frame, max_batch
-        self._text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._text = PromptCache()
 
     @classmethod
     def from_pretrained(cls, ckpt_path: str | Path, med_config: str | Path | None = None,
@@ -124,18 +125,17 @@ class ImageRewardScorer:
 
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(embeddings output [1, 35, H] in the model dtype, attention mask [1, 35]); cached per prompt."""
-        if prompt not in self._text:
-            if len(self._text) >= 1024:  # bounded: a benchmark sweeps a few hundred prompts
-                self._text.clear()
-            t = self.tokenizer(prompt, padding="max_length", truncation=True, max_length=self.model.cfg.max_length,
-                               return_tensors="pt")
-            ids, mask = t["input_ids"].to(self.device), t["attention_mask"].to(self.device)
-            if int(ids.max()) >= self.model.cfg.vocab_size:
-                raise ValueError(f"token id {int(ids.max())} >= vocab_size {self.model.cfg.vocab_size}: "
-                                 "tokenizer and checkpoint do not match")
-            with torch.inference_mode():
-                self._text[prompt] = (self.model.blip.text_encoder.embeddings(ids), mask)
-        return self._text[prompt]
+        return self._text.get_or_compute(prompt, lambda: self._encode_prompt(prompt))
+
+    def _encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.tokenizer(prompt, padding="max_length", truncation=True, max_length=self.model.cfg.max_length,
+                           return_tensors="pt")
+        ids, mask = t["input_ids"].to(self.device), t["attention_mask"].to(self.device)
+        if int(ids.max()) >= self.model.cfg.vocab_size:
+            raise ValueError(f"token id {int(ids.max())} >= vocab_size {self.model.cfg.vocab_size}: "
+                             "tokenizer and checkpoint do not match")
+        with torch.inference_mode():
+            return self.model.blip.text_encoder.embeddings(ids), mask
 
     @torch.inference_mode()
     def score(self, frames: torch.Tensor, prompt: str) -> torch.Tensor:

@@ -61,7 +61,7 @@ def load_world(device: str = "cpu", dtype=None, weights: str | Path | None = Non
     missing = [str(p) for p in need if not p.exists()]
     if missing:
         raise FileNotFoundError(f"world weights missing: {', '.join(missing)}; train them with "
-                                f"`python -m sdvg.world.train --out {w}` (about 30 min on 2 CPU cores)")
+                                f"`python -m sdvg.world.train --out {w}` (the model card says how long it takes)")
     info = json.loads((w / "world.json").read_text()) if (w / "world.json").exists() else {}
     target = load_dit(w / "target.safetensors", spec.TARGET, device=device, dtype=dtype).eval()
     drafter = load_dit(w / "drafter.safetensors", spec.DRAFTER, device=device, dtype=dtype).eval()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from sdvg.text import PromptCache
 from sdvg.world.grammar import VOCABULARY, parse, tokenize
 
 TEXT_LEN = 32
@@ -58,7 +59,7 @@ class WorldTextEncoder:
     def __init__(self, model, tokenizer, text_len: int = TEXT_LEN, dtype: torch.dtype = torch.float32) -> None:
         self.model, self.tokenizer, self.text_len, self.dtype = model.eval(), tokenizer, text_len, dtype
         self.text_dim = model.config.d_model
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache = PromptCache()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -71,8 +72,8 @@ class WorldTextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        missing = [p for p in prompts if p not in self._cache]
+        missing = list(dict.fromkeys(p for p in prompts if self._cache.get(p) is None))
         if missing:
             for p, e in zip(missing, encode_with(self.model, self.tokenizer, missing, self.text_len)):
-                self._cache[p] = e
-        return torch.stack([self._cache[p] for p in prompts]).to(self.dtype)
+                self._cache.put(p, e)
+        return torch.stack([self._cache.get(p) for p in prompts]).to(self.dtype)
