@@ -55,6 +55,7 @@ class ModelSet:
     drafter_cache: CacheConfig | None = None
     target_cache: CacheConfig | None = None
     decoder_rule: str | None = None
+    info: dict = field(default_factory=dict)  # what the set's files say about it (the world: its world.json metrics)
 
     def pipeline(self, *, router: str | None = None, tau: float | None = None, accept_rate: float = 0.5,
                  q: float = 0.1, seed: int = 0, lazy_commit: bool = True,
@@ -111,17 +112,10 @@ def reencoder(decoder):
 
 def load_world_models(device: str = "cpu", dtype: str | torch.dtype = "float32",
                       num_blocks: int | None = None) -> ModelSet:
-    """The embedded default world (no network, no files outside the package)."""
-    from dataclasses import replace
-
+    """The embedded default world (no network, no files outside the package; `sdvg.world.load_world`)."""
     from sdvg.world import load_world
 
-    w = load_world(device=device, dtype=parse_dtype(dtype))
-    video = w.video if num_blocks is None else replace(w.video, num_blocks=num_blocks)
-    return ModelSet(drafter=w.drafter, target=w.target, decoder=w.decoder, text_encoder=w.text_encoder,
-                    scorer=w.critic, evaluator=w.evaluator, video=video, default_taus=tuple(w.default_taus),
-                    default_tau=w.default_tau, name="world", device=torch.device(device),
-                    aux_device=torch.device(device), dtype=parse_dtype(dtype), prompts=tuple(w.prompts))
+    return load_world(device=device, dtype=parse_dtype(dtype), num_blocks=num_blocks)
 
 
 def load_checkpoint_models(*, drafter: str | None, target: str | None, vae: str, text_encoder: str,

@@ -174,7 +174,7 @@ def test_load_world_shapes():
             assert dit(x, torch.full((1,), 1000.0), ctx).shape == x.shape
     w.decoder.reset()
     assert w.decoder.decode(x).shape == (9, 3, 64, 64)
-    assert w.critic.score(torch.rand(3, 3, 64, 64), "a red circle").shape == (3,)
+    assert w.scorer.score(torch.rand(3, 3, 64, 64), "a red circle").shape == (3,)
     assert w.video.num_frames == 105 and len(w.prompts) > 0 and w.default_tau in w.default_taus
 
 
@@ -191,12 +191,12 @@ def test_must_show_on_heldout_prompts():
     critic, quality = [], []
     for i, p in enumerate(read_prompts("heldout")[:6]):
         for mode in q:
-            frames, _ = generate(w, p, mode, seed=i, scorer=w.critic, tau=w.default_tau)
+            frames, _ = generate(w, p, mode, seed=i, scorer=w.scorer, tau=w.default_tau)
             q[mode].append(evaluate(frames, p)["quality"])
             if mode == "draft":
                 for b in range(1, w.video.num_blocks):
                     s, e = block_frame_range(b)
-                    critic.append(w.critic.score(frames[s:e], p).min().item())
+                    critic.append(w.scorer.score(frames[s:e], p).min().item())
                     quality.append(evaluate_block(frames[s:e], p, b)["quality"])
     q = {m: float(np.mean(v)) for m, v in q.items()}
     assert q["target"] > q["sdvg"] > q["draft"], q
@@ -215,5 +215,5 @@ def test_training_recipe_quick_end_to_end(tmp_path):
               "MODEL_CARD.md", "strip.png", "train_log.jsonl"):
         assert (out / f).exists(), f
     w = load_world(weights=out)
-    frames, trace = generate(w, "a red circle moving down", "sdvg", seed=0, scorer=w.critic, tau=w.default_tau)
+    frames, trace = generate(w, "a red circle moving down", "sdvg", seed=0, scorer=w.scorer, tau=w.default_tau)
     assert frames.shape == (w.video.num_frames, 3, 64, 64) and len(trace.blocks) == w.video.num_blocks

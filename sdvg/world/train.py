@@ -430,21 +430,15 @@ def stage_drafter(run: Run) -> None:
 
 
 # ---- stage: critic ---------------------------------------------------------------------------------------------
-def generate(world, prompt: str, mode: str, seed: int, num_blocks: int | None = None, scorer=None,
+def generate(models, prompt: str, mode: str, seed: int, num_blocks: int | None = None, scorer=None,
              tau: float | None = None):
-    """One video with the real pipeline (draft-only, target-only or SDVG) -> (frames [T,3,H,W], trace)."""
+    """One video of the world's model set (`load_world`) through `ModelSet.pipeline` (draft-only, target-only or
+    SDVG with `scorer` at `tau`) -> (frames [T,3,H,W], trace)."""
     from dataclasses import replace
 
-    from sdvg.pipeline import SDVGPipeline
-    from sdvg.routers import build_router
-    from sdvg.sampler import BlockModel
-
-    video = world.video if num_blocks is None else replace(world.video, num_blocks=num_blocks)
-    d = BlockModel(world.drafter, video, world.sampler) if mode in ("draft", "sdvg") else None
-    t = BlockModel(world.target, video, world.sampler) if mode in ("target", "sdvg") else None
-    router = build_router("threshold", scorer=scorer, tau=tau) if mode == "sdvg" else None
-    pipe = SDVGPipeline(drafter=d, target=t, decoder=world.decoder, text_encoder=world.text_encoder, router=router,
-                        video=video)
+    video = models.video if num_blocks is None else replace(models.video, num_blocks=num_blocks)
+    pipe = replace(models, scorer=scorer, video=video).pipeline(router="threshold" if mode == "sdvg" else None,
+                                                                tau=tau)
     out = pipe(prompt, mode=mode, seed=seed)
     return out.frames, out.trace
 
@@ -611,7 +605,7 @@ def block_costs(world, prompts: list[str], seed: int = 0) -> dict:
     ms: dict[str, list[float]] = {}
     for p in prompts:
         for mode, tau in (("target", None), ("sdvg", -math.inf)):  # sdvg at -inf: every draft accepted and committed
-            _, tr = generate(world, p, mode, seed, scorer=world.critic, tau=tau)
+            _, tr = generate(world, p, mode, seed, scorer=world.scorer, tau=tau)
             for bl in tr.blocks[1:]:
                 for k, v in bl.ms.items():
                     ms.setdefault(f"{mode}_{k}", []).append(v)
@@ -636,7 +630,7 @@ def write_strip(world, path: Path, prompt: str, seed: int, tau: float) -> str:
 
     rows, marks = [], ""
     for mode in ("target", "draft", "sdvg"):
-        f, tr = generate(world, prompt, mode, seed, scorer=world.critic, tau=tau)
+        f, tr = generate(world, prompt, mode, seed, scorer=world.scorer, tau=tau)
         acc = [False] * len(tr.blocks) if mode == "target" else None
         if mode == "sdvg":
             acc, marks = [bool(bl.accepted) for bl in tr.blocks], tr.marks
@@ -673,7 +667,7 @@ def stage_card(run: Run) -> None:
                     for b in range(world.video.num_blocks):
                         s, e_ = block_frame_range(b)
                         blk = f[s:e_]
-                        crit_scores.append(world.critic.score(blk, p).min().item())
+                        crit_scores.append(world.scorer.score(blk, p).min().item())
                         eb = evaluate_block(blk, p, b)
                         block_q.append(eb["quality"])
                         block_a.append(eb["adherence"])
@@ -690,7 +684,7 @@ def stage_card(run: Run) -> None:
     sd, acc = [], []
     for i, p in enumerate(heldout):
         seed = derive_seed("card", run.seed, "heldout", i) % 2**31
-        f, tr = generate(world, p, "sdvg", seed, scorer=world.critic, tau=taus[2])
+        f, tr = generate(world, p, "sdvg", seed, scorer=world.scorer, tau=taus[2])
         sd.append(evaluate(f, p)["quality"])
         acc.append(tr.accept_rate)
         walls["sdvg"].append(tr.wall_s)
