@@ -66,6 +66,17 @@ class PromptCache:
             self.put(key, value)
         return value
 
+    def get_or_compute_many(self, keys: list, compute_batch) -> list:
+        """The values of `keys`, the missing ones computed in one `compute_batch(missing_keys)` call (each distinct
+        key once) and stored. Returned from this call, not re-read, so a batch larger than the cache still works."""
+        found = {k: self.get(k) for k in dict.fromkeys(keys)}
+        missing = [k for k, v in found.items() if v is None]
+        if missing:
+            for k, v in zip(missing, compute_batch(missing)):
+                found[k] = v
+                self.put(k, v)
+        return [found[k] for k in keys]
+
 
 # ---------------------------------------------------------------- umT5
 _T5_BLOCK = [("norm1.weight", "layer.0.layer_norm.weight"), ("attn.q.weight", "layer.0.SelfAttention.q.weight"),
@@ -207,11 +218,7 @@ class UMT5TextEncoder:
         return out.masked_fill(~keep[..., None], 0.0).float()  # padding rows exactly zero; fp32 is lossless
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        todo = list(dict.fromkeys(p for p in prompts if self._cache.get(p) is None))
-        if todo:
-            for p, e in zip(todo, self._run(todo)):
-                self._cache.put(p, e)
-        return torch.stack([self._cache.get(p) for p in prompts])
+        return torch.stack(self._cache.get_or_compute_many(prompts, self._run))
 
 
 # ---------------------------------------------------------------- precomputed

@@ -109,3 +109,13 @@ def test_prompt_cache_is_bounded_lru():
     get = lambda p: c.get_or_compute(p, lambda: calls.append(p) or p.upper())  # noqa: E731
     assert [get("a"), get("b"), get("a"), get("c")] == ["A", "B", "A", "C"]  # "b" is now least recently used
     assert get("a") == "A" and get("b") == "B" and calls == ["a", "b", "c", "b"]
+
+
+def test_prompt_cache_batches_the_missing_once_even_beyond_its_size():
+    from sdvg.text import PromptCache
+
+    c, batches = PromptCache(size=2), []
+    run = lambda ps: batches.append(list(ps)) or [p.upper() for p in ps]  # noqa: E731
+    assert c.get_or_compute_many(["a", "b", "a", "c"], run) == ["A", "B", "A", "C"]  # 3 distinct > size 2
+    assert batches == [["a", "b", "c"]] and len(c) == 2
+    assert c.get_or_compute_many(["c", "d"], run) == ["C", "D"] and batches[-1] == ["d"]

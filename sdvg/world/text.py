@@ -72,8 +72,5 @@ class WorldTextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        missing = list(dict.fromkeys(p for p in prompts if self._cache.get(p) is None))
-        if missing:
-            for p, e in zip(missing, encode_with(self.model, self.tokenizer, missing, self.text_len)):
-                self._cache.put(p, e)
-        return torch.stack([self._cache.get(p) for p in prompts]).to(self.dtype)
+        batch = lambda ps: encode_with(self.model, self.tokenizer, ps, self.text_len)  # noqa: E731
+        return torch.stack(self._cache.get_or_compute_many(prompts, batch)).to(self.dtype)
