@@ -145,6 +145,8 @@ class SDVGPipeline:
             self.check_memory(keep_frames=False)
             prompts = self._begin(prompt, run.seed)
             state = _StreamState(run, prompt, self._overlaps(run, control))
+            if trace is not None:  # the trace records whether pipelined speculation runs, not whether it was asked
+                trace.run = replace(trace.run, overlap=state.overlap)
             for b in range(self.video.num_blocks):
                 if control is not None:
                     if control.stopped:
@@ -413,11 +415,10 @@ class SDVGPipeline:
         return prompts.prompt
 
     def new_trace(self, prompt: str, run: RunConfig) -> VideoTrace:
-        """An empty trace of a video made with `run`; its overlap says whether pipelined speculation will run."""
+        """An empty trace of a video made with `run` (streaming it sets `run.overlap` to whether overlap ran)."""
         r = self.router if run.mode == "sdvg" else None
-        ran = run.overlap and self.overlap_blocker(run.mode, run.drafter_context, None) is None
-        return VideoTrace(prompt=prompt, run=replace(run, overlap=ran), tau=getattr(r, "tau", None),
-                          router=getattr(r, "name", None), cache_policy=(self.target or self.drafter).cache_policy)
+        return VideoTrace(prompt=prompt, run=run, tau=getattr(r, "tau", None), router=getattr(r, "name", None),
+                          cache_policy=(self.target or self.drafter).cache_policy)
 
     def check_memory(self, keep_frames: bool = True) -> None:
         """Refuse a video that cannot fit (see `check_memory`); `keep_frames`: the whole video is returned."""
