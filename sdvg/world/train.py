@@ -39,9 +39,8 @@ class Budget:
     vae_batch: int = 8
     vae_latents: int = 3
     encoder_steps: int = 600
-    videos: int = 1024
-    target_steps: int = 2000
-    target_refine_steps: int = 1500
+    target_steps: int = 2400
+    target_refine_steps: int = 1600
     drafter_steps: int = 2000
     dit_batch: int = 16
     critic_rollouts: int = 512
@@ -49,7 +48,7 @@ class Budget:
     eval_prompts: int = 12
 
 
-QUICK = Budget(vae_steps=4, vae_sharpen_steps=2, vae_robust_steps=2, encoder_steps=2, videos=6, target_steps=3,
+QUICK = Budget(vae_steps=4, vae_sharpen_steps=2, vae_robust_steps=2, encoder_steps=2, target_steps=3,
                target_refine_steps=2, drafter_steps=2, dit_batch=2, critic_rollouts=2, critic_steps=3, eval_prompts=2)
 
 
@@ -281,22 +280,18 @@ def stage_vae(run: Run) -> None:
 
 # ---- stage: latents ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def stage_latents(run: Run) -> None:
-    """Normalised latents of many full-length train videos (independent of the learned VAE weights)."""
-    run.seed_stage("latents")
-    mean, std = (v.view(1, -1, 1, 1, 1) for v in latent_stats(run))
-    stream = scene_stream(derive_seed("dit-data", run.seed))
-    lat, prompts, t0 = [], [], time.time()
-    n, bs = run.budget.videos, 32
-    for i in range(0, n, bs):
-        z, scenes, _ = video_latents(stream, min(bs, n - i))
-        lat.append((z - mean) / std)
-        prompts += [s.prompt for s in scenes]
-    torch.save({"latents": torch.cat(lat).contiguous(), "prompts": prompts}, run.work / "latents.pt")
-    run.log("latents", videos=n, s=round(time.time() - t0, 1))
-
-
 # ---- stages: target, drafter ----------------------------------------------------------------------------------
+def latent_batches(run: Run, name: str, heldout: bool = False, batch: int | None = None):
+    """Endless (normalised latents [B,14,27,8,8], prompts) of fresh videos: the latents are analytic (~1 ms per
+    video), so every step sees new scenes. With a fixed set of 1024 videos the target learnt its train prompts
+    (0.66) far better than held-out colour+shape pairs (0.46)."""
+    mean, std = (v.view(1, -1, 1, 1, 1) for v in latent_stats(run))
+    stream = scene_stream(derive_seed("dit-data", run.seed, name), heldout=heldout)
+    while True:
+        z, scenes, _ = video_latents(stream, batch or run.budget.dit_batch)
+        yield (z - mean) / std, [s.prompt for s in scenes]
+
+
 T_PROBS = (0.1, 0.15, 0.25, 0.5)  # how often each of the 4 sampler timesteps is trained (the last decides the output)
 CTX_NOISE = 0.2  # largest std of the noise put on the clean context blocks (normalised latent units)
 P_BLOCK0 = 0.5  # block 0 is made from the text alone (the hardest, and the cheapest to train); others uniform
@@ -359,8 +354,8 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool,
 
     phase = name if init is None else f"{name}-refine"
     rng = run.seed_stage(phase)
-    data = torch.load(run.work / "latents.pt")
-    lat, prompts = data["latents"], data["prompts"]
+    batches = latent_batches(run, phase)
+    probe_lat, probe_prompts = next(latent_batches(run, "probe", heldout=True, batch=16))
     dit = WanDiT(cfg)
     out = out or run.out
     # The reference inits the text/time embedding MLPs with std 0.02, which leaves cross-attention nearly blind for
@@ -395,9 +390,9 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool,
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup=30)
-        idx = rng.choice(len(prompts), size=bs, replace=False)
-        ctx = encode_with(enc, tok, [prompts[i] for i in idx], spec.TEXT_LEN)
-        loss = dit_step(dit, lat[idx], ctx, rng, gen, t_list, table)
+        lat, prompts = next(batches)
+        ctx = encode_with(enc, tok, prompts, spec.TEXT_LEN)
+        loss = dit_step(dit, lat, ctx, rng, gen, t_list, table)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -405,7 +400,7 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool,
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         if step % 50 == 0 or step == steps - 1:
             run.log(phase, step=step, loss=round(ema, 4), s_per_step=round((time.time() - t0) / (step + 1), 3),
-                    block0_x0_mse=round(block0_error(dit, enc, tok, lat[-16:], prompts[-16:], t_list), 4))
+                    heldout_block0_x0_mse=round(block0_error(dit, enc, tok, probe_lat, probe_prompts, t_list), 4))
     dit.eval()
     out.mkdir(parents=True, exist_ok=True)
     save_dit(dit, out / f"{name}.safetensors", fmt="original")
@@ -710,7 +705,7 @@ def stage_card(run: Run) -> None:
     run.log("card", written=str(card))
 
 
-STAGES = {"vae": stage_vae, "latents": stage_latents, "target": stage_target, "drafter": stage_drafter,
+STAGES = {"vae": stage_vae, "target": stage_target, "drafter": stage_drafter,
           "critic": stage_critic, "card": stage_card}
 
 
