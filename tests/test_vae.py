@@ -75,6 +75,28 @@ def test_fast_modules_and_chunks_are_exact(stats, zero_past_taps):
         torch.testing.assert_close(decode_split(dec, z, split), ref, atol=2e-6, rtol=0)
 
 
+def test_sparse_conv2d_is_exact():
+    """The fast path's conv on the channels a weight uses (unread inputs, unwritten outputs, centre-tap-only inputs
+    as a 1x1 conv) equals conv2d on everything."""
+    import torch.nn.functional as F
+
+    from sdvg.vae import sparse_conv2d
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 9, 9, generator=g)
+    w = torch.randn(5, 6, 3, 3, generator=g)
+    w[1] = 0  # an output nobody writes
+    w[:, 2] = 0  # an input nobody reads
+    w[:, 4, :, :] = 0
+    w[:, 4, 1, 1] = 0.5  # an input read through its centre tap only
+    b = torch.randn(5, generator=g)
+    b[1] = 0
+    up = torch.nn.Upsample(scale_factor=2, mode="nearest")
+    torch.testing.assert_close(sparse_conv2d(x, w, b, 1), F.conv2d(x, w, b, padding=1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(sparse_conv2d(x, w, b, 1, upsample=True), F.conv2d(up(x), w, b, padding=1),
+                               atol=1e-5, rtol=0)
+
+
 def decode_split(dec: StreamingDecoder, z: torch.Tensor, split: list[int]) -> torch.Tensor:
     """A fresh video decoded in calls of `split` latent frames each."""
     dec.reset()

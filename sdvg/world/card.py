@@ -89,14 +89,16 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  nearest object's colour and the background colour. A distance field is smooth where pixels have a sharp",
         "  edge, so an averaged prediction still has one sharp zero crossing: the flow model's uncertainty turns into a",
         "  slightly wrong shape, not a grey blur. Normalised by measured per-channel mean/scale (`latents_mean`/",
-        "  `latents_std`, the Wan convention). The decoder learns to render them in three phases (L1+MSE; sharpening:",
-        "  L1 with outlines weighted; robustness: colour channels perturbed so off-palette colours snap to the",
-        "  palette); the encoder learns to estimate them from pixels. Decoded block by block by",
-        "  `sdvg.vae.StreamingDecoder` (past-frame temporal taps held at zero: the window's own start and end fields",
-        "  carry the motion, and `sdvg.vae.fast_modules` runs the convs per frame, exactly).",
+        "  `latents_std`, the Wan convention). The decoder is designed, not trained end to end",
+        "  (`sdvg/world/decoder.py`): it interpolates the window's distances in time, upsamples them with a fitted",
+        "  linear field upsampler to a 64x64 field, and shades each pixel: alpha = clamp(0.5 - distance), pixel = a",
+        "  blend of the object and background colours (ReLUs, as SiLUs behind RMS norms with a large gain). So the mean",
+        "  of several plausible latents renders as one sharp shape. It is written into Wan's modules (every other",
+        "  branch zero, skipped exactly by `sdvg.vae.fast_modules`). The encoder is a trained Wan encoder that",
+        "  regresses the latents from pixels. Decoded block by block by `sdvg.vae.StreamingDecoder`.",
         *([f"- VAE quality (evaluator, held-out videos): rendered {vq['heldout_quality_gt']}, their latents decoded "
            f"{vq['heldout_quality_decoded']}, pixels encoded then decoded {vq['heldout_quality_encoded_decoded']}; "
-           f"the latent design's analytic reference decode (`reference_decode`) scores ~0.89."] if vq else []),
+           f"the latent design's analytic reference decode (`reference_decode`) scores ~0.88."] if vq else []),
         f"- Text encoder: transformers `UMT5EncoderModel` (d_model {spec.TEXT_DIM}, 2 layers) with a word-level",
         f"  tokenizer of the grammar, {spec.TEXT_LEN} tokens, padding zeroed; trained jointly with the target, frozen after.",
         f"- Target: `WanDiT` {spec.TARGET.dim} wide, {spec.TARGET.num_layers} layers, {spec.TARGET.num_heads} heads "

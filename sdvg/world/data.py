@@ -38,17 +38,24 @@ def window_frames(start_frame: int, n_latent: int, temporal: int = 4) -> tuple[n
     return last.astype(np.float64), np.maximum(start_frame, last - (temporal - 1)).astype(np.float64)
 
 
-def _fields(scene: Scene, jitters, t: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distance [T, size/4, size/4] at sub-cell centres (4 px apart) and nearest-object colour [T, 3, size/8, size/8]."""
+def object_distances(scene: Scene, jitters, t: np.ndarray, size: int = 64, step: int = 4) -> torch.Tensor:
+    """Signed distance in pixels [K, T, size/step, size/step] to each object, sampled every `step` pixels at the
+    centres of step x step squares (step 1: pixel centres, as `render` shades; step 4: the latent's sub-cells)."""
     n = len(scene.objects)
-    g = torch.arange(size // 4, dtype=torch.float32) * 4 + 2.0
+    g = torch.arange(size // step, dtype=torch.float32) * step + step / 2
     ys, xs = torch.meshgrid(g, g, indexing="ij")
-    d, cols = [], []
+    d = []
     for i, o in enumerate(scene.objects):
         c = torch.from_numpy(trajectory(o, i, n, t, jitters[i], size)).float()
         d.append(shape_sdf(o.shape, SIZES[o.size] * size / 64, xs - c[:, 0, None, None], ys - c[:, 1, None, None]))
-        cols.append(torch.from_numpy(colour_track(o, t, jitters[i])).float())
-    d = torch.stack(d)  # [K,T,h,w]
+    return torch.stack(d)
+
+
+def _fields(scene: Scene, jitters, t: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance [T, size/4, size/4] at sub-cell centres (4 px apart) and nearest-object colour [T, 3, size/8, size/8]."""
+    n = len(scene.objects)
+    d = object_distances(scene, jitters, t, size)  # [K,T,h,w]
+    cols = [torch.from_numpy(colour_track(o, t, jitters[i])).float() for i, o in enumerate(scene.objects)]
     centre = d.reshape(n, len(t), size // 8, 2, size // 8, 2).mean((3, 5))  # cell-centre estimate per object
     near = centre.argmin(0)  # [T,h8,w8]
     col = torch.stack(cols)  # [K,T,3]
@@ -115,3 +122,22 @@ def reference_decode(z: torch.Tensor, first: bool = True) -> torch.Tensor:
             bg = (z[11:14, i].mean((1, 2)) + 1).view(3, 1, 1) / 2
             out.append(bg * (1 - alpha) + obj * alpha)
     return torch.stack(out).clamp(0, 1)
+
+
+def field_pairs(stream, batch: int, rng: np.random.Generator, size: int = 64):
+    """Batches for fitting the decoder's field upsampler (`sdvg.world.decoder`): (the sub-cell distances a latent
+    frame gives one of its window's 4 frames, interpolated in time as the decoder does [B,4,8,8]; that frame's
+    target field 0.5 - pixel distance [B,1,64,64])."""
+    while True:
+        ds, fs = [], []
+        for _ in range(batch):
+            scene, s = next(stream)
+            jit = draw_jitters(len(scene.objects), s)
+            i, a = int(rng.integers(1, 27)), float(rng.choice([0.0, 1 / 3, 2 / 3, 1.0]))
+            first, last = 4 * i - 3, 4 * i
+            sub = object_distances(scene, jit, np.array([first, last], np.float64), size).min(0).values
+            sub = _space_to_depth(sub.clamp(-SDF_CLIP, SDF_CLIP) / SDF_CLIP)  # [4,2,h,w]
+            ds.append((1 - a) * sub[:, 0] + a * sub[:, 1])
+            px = object_distances(scene, jit, np.array([first + 3 * a]), size, step=1).min(0).values
+            fs.append(0.5 - px)
+        yield torch.stack(ds), torch.stack(fs)

@@ -8,9 +8,10 @@ Z_DIM = 14  # sdvg.world.data.LATENT_CHANNELS
 TEXT_DIM = 64
 TEXT_LEN = 32
 
-# A small Wan VAE (the decoder renders shapes from the designed distance fields of sdvg.world.data).
-VAE_KWARGS = dict(base_dim=8, z_dim=Z_DIM, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
-                  temperal_downsample=[False, True, True], dropout=0.0)
+# A small Wan VAE: a trained encoder, and the designed decoder of sdvg.world.decoder (it renders shapes from the
+# distance fields of sdvg.world.data; 12 channels at full resolution hold its per-pixel shading).
+VAE_KWARGS = dict(base_dim=8, decoder_base_dim=12, z_dim=Z_DIM, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                  attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0)
 
 # Same class, two sizes. On a CPU these small models are overhead-bound, so wall time follows the layer count more
 # than the multiply-adds: 12 layers vs 3 makes the drafter's block ~1/5 of the target's (1.3B : 14B is ~1/10).

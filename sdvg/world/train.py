@@ -24,7 +24,6 @@ import torch
 
 from sdvg.io import append_jsonl
 from sdvg.seeding import derive_seed, video_seed
-from sdvg.vae import fast_modules
 from sdvg.world import spec
 from sdvg.world.data import clip_pairs, scene_latents, scene_stream, video_latents
 
@@ -33,12 +32,10 @@ from sdvg.world.data import clip_pairs, scene_latents, scene_stream, video_laten
 class Budget:
     """Step counts (fixed, so results depend on the seed only, not on machine speed)."""
 
-    vae_steps: int = 2400
-    vae_sharpen_steps: int = 2000
-    vae_robust_steps: int = 800
+    field_steps: int = 1500
     vae_batch: int = 8
     vae_latents: int = 3
-    encoder_steps: int = 600
+    encoder_steps: int = 3000
     target_steps: int = 2400
     target_refine_steps: int = 1600
     drafter_steps: int = 2000
@@ -48,7 +45,7 @@ class Budget:
     eval_prompts: int = 12
 
 
-QUICK = Budget(vae_steps=4, vae_sharpen_steps=2, vae_robust_steps=2, encoder_steps=2, target_steps=3,
+QUICK = Budget(field_steps=4, encoder_steps=2, target_steps=3,
                target_refine_steps=2, drafter_steps=2, dit_batch=2, critic_rollouts=2, critic_steps=3, eval_prompts=2)
 
 
@@ -81,54 +78,28 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 20) -> float:
 
 
 # ---- stage: vae ------------------------------------------------------------------------------------------------
-VAE_LR = 3e-4
-
-
-def build_vae():
+def build_vae(run: Run):
+    """The world's Wan VAE: the designed decoder (`sdvg.world.decoder`, its field upsampler fitted here) and an
+    untrained encoder; latents_mean/std from the latent design's statistics."""
     from diffusers import AutoencoderKLWan
 
-    vae = AutoencoderKLWan(**spec.VAE_KWARGS, latents_mean=[0.0] * spec.Z_DIM, latents_std=[1.0] * spec.Z_DIM)
+    from sdvg.world.data import field_pairs
+    from sdvg.world.decoder import fit_upsampler, write_decoder
+
+    rng = run.seed_stage("vae")
+    mean, std = latent_stats(run)
+    vae = AutoencoderKLWan(**spec.VAE_KWARGS, latents_mean=[round(v, 6) for v in mean.tolist()],
+                           latents_std=[round(v, 6) for v in std.tolist()])
     # Conv biases start at zero: with PyTorch's default bias init the bias terms dominate what every RMS norm sees
-    # on flat-colour frames, the untrained VAE's output barely depends on its input, and training stalls.
+    # on flat-colour frames and the encoder's output barely depends on its input at first.
     with torch.no_grad():
-        for m in vae.modules():
+        for m in vae.encoder.modules():
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and m.bias is not None:
                 m.bias.zero_()
-    freeze_past_taps(vae.decoder)
-    fast_modules(vae.decoder)  # exact; with the past taps at zero the decoder's convs run per frame (~7x faster)
+    up = fit_upsampler(field_pairs(scene_stream(derive_seed("vae-field", run.seed)), run.budget.vae_batch * 2, rng),
+                       run.budget.field_steps, log=lambda **m: run.log("vae-field", **m))
+    write_decoder(vae, up)
     return vae
-
-
-def freeze_past_taps(decoder) -> None:
-    """Zero, and keep at zero, the decoder's temporal taps on past frames, so each latent frame decodes on its own.
-
-    The world's latents describe each 4-frame window completely, so the decoder needs no history; without it a
-    decoder trained on short clips cannot drift over a 27-latent-frame video (it did, when the taps were free).
-    The module is still a standard causal Wan decoder (the streaming cache just carries zeros' worth of weight).
-    """
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
-
-    for m in decoder.modules():
-        if isinstance(m, WanCausalConv3d) and m.weight.shape[2] > 1:
-            with torch.no_grad():
-                m.weight[:, :, :-1].zero_()
-            mask = torch.zeros_like(m.weight)
-            mask[:, :, -1] = 1
-            m.weight.register_hook(lambda g, mask=mask: g * mask)
-
-
-def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
-    """`AutoencoderKLWan.decode` without its final clamp to [-1, 1], which would zero the gradient of saturated
-    pixels (most of a flat background early in training). The first latent frame, then the rest in one chunk, as
-    sdvg.vae.StreamingDecoder does."""
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
-
-    x = vae.post_quant_conv(z)
-    cache = [None] * sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
-    outs = [vae.decoder(x[:, :, :1], feat_cache=cache, feat_idx=[0], first_chunk=True)]
-    if x.shape[2] > 1:
-        outs.append(vae.decoder(x[:, :, 1:], feat_cache=cache, feat_idx=[0], first_chunk=False))
-    return torch.cat(outs, 2)
 
 
 def latent_stats(run: Run, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,57 +114,7 @@ def latent_stats(run: Run, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.maximum(z.std(1), peak / 3.3)
 
 
-def edge_mask(x: torch.Tensor) -> torch.Tensor:
-    """[B,1,T,H,W] 1 where a pixel's 3x3 neighbourhood holds more than one colour (a shape's outline), else 0."""
-    import torch.nn.functional as F
-
-    f = x.transpose(1, 2).flatten(0, 1)  # [B*T,3,H,W]
-    spread = (F.max_pool2d(f, 3, 1, 1) + F.max_pool2d(-f, 3, 1, 1)).amax(1, keepdim=True)
-    return (spread > 0.2).float().unflatten(0, x.shape[0:1] + x.shape[2:3]).transpose(1, 2)
-
-
-def train_decoder(run: Run, vae, name: str, steps: int, lr: float, edge_weight: float, colour_noise: float = 0.0) -> None:
-    """Decoder (and post_quant_conv) steps on (rendered clip, its latents) pairs. Objects are a few percent of
-    the pixels, so pixels away from the frame's background colour weigh 10x; `edge_weight` adds weight on outlines
-    (the sharpening phase: L1 only there, which does not average an uncertain edge into a ramp as MSE does).
-    `colour_noise` perturbs the colour channels more than the rest while the target keeps the true colour, so an
-    off-palette colour from a DiT sample decodes to the palette colour nearest it (a snap), not to a new hue."""
-    rng = run.seed_stage(name)
-    b = run.budget
-    s5 = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    stream = scene_stream(derive_seed(f"{name}-data", run.seed))
-    gen = torch.Generator().manual_seed(derive_seed(f"{name}-noise", run.seed))
-    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
-    t0 = time.time()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr)
-        x, z = clip_pairs(stream, b.vae_batch, b.vae_latents, rng)
-        z = z + 0.1 * s5 * torch.randn(z.shape, generator=gen)  # so that imperfect DiT samples still decode
-        if colour_noise:
-            z[:, 8:] += colour_noise * torch.randn(z[:, 8:].shape[:3] + (1, 1), generator=gen)
-        y = decode_unclamped(vae, z)
-        bg = x.flatten(3).median(-1).values[..., None, None]
-        w = 1 + 9 * ((x - bg).abs().amax(1, keepdim=True) > 0.2).float()
-        err = (y - x).abs() if edge_weight else (y - x).abs() + (y - x) ** 2
-        if edge_weight:
-            w = w + edge_weight * edge_mask(x)
-        rec = (err * w).mean() / w.mean()
-        opt.zero_grad(set_to_none=True)
-        rec.backward()
-        opt.step()
-        if step % 25 == 0 or step == steps - 1:
-            run.log(name, step=step, rec=round(rec.item(), 4), s_per_step=round((time.time() - t0) / (step + 1), 2))
-
-
-def load_vae_for_training(path: Path):
-    from diffusers import AutoencoderKLWan
-
-    vae = AutoencoderKLWan.from_pretrained(str(path))
-    freeze_past_taps(vae.decoder)
-    fast_modules(vae.decoder)
-    return vae
+ENCODER_LR = 1e-3
 
 
 def train_encoder(run: Run, vae) -> None:
@@ -203,10 +124,10 @@ def train_encoder(run: Run, vae) -> None:
     stream = scene_stream(derive_seed("vae-encoder-data", run.seed))
     s5 = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     enc_params = list(vae.encoder.parameters()) + list(vae.quant_conv.parameters())
-    opt = torch.optim.Adam(enc_params, lr=3e-4)
+    opt = torch.optim.Adam(enc_params, lr=ENCODER_LR)
     for step in range(b.encoder_steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, b.encoder_steps, 3e-4)
+            g["lr"] = lr_at(step, b.encoder_steps, ENCODER_LR)
         x, z = clip_pairs(stream, b.vae_batch, b.vae_latents, rng)
         post = vae.encode(x).latent_dist
         err = (((post.mean - z) / s5) ** 2).mean()
@@ -218,41 +139,24 @@ def train_encoder(run: Run, vae) -> None:
             run.log("vae-encoder", step=step, latent_mse=round(err.item(), 4))
 
 
-VAE_PHASES = (  # name, budget field, lr, edge weight, colour noise
-    ("vae", "vae_steps", VAE_LR, 0.0, 0.0),
-    ("vae-sharpen", "vae_sharpen_steps", VAE_LR / 2, 10.0, 0.0),
-    ("vae-robust", "vae_robust_steps", VAE_LR / 4, 10.0, 0.3),
-)
-
-
 def stage_vae(run: Run) -> None:
-    """The Wan decoder learns to render pixels from the designed latents in three phases (L1 + MSE; sharpening:
-    L1 with outlines weighted; robustness: off-palette colours snap to the palette); the encoder then learns to
-    estimate the latents from pixels. Each phase leaves a checkpoint in --work, so a rerun resumes after the last
-    finished one."""
-    b = run.budget
-    done = [n for n, *_ in VAE_PHASES if (run.work / n / "config.json").exists()]
-    if done:
-        vae = load_vae_for_training(run.work / done[-1])
+    """The designed decoder, then the encoder trained to estimate the latents from pixels. The built VAE and the
+    trained one are checkpoints in --work, so a rerun resumes after the last finished one."""
+    from diffusers import AutoencoderKLWan
+
+    built, trained = run.work / "vae-built", run.work / "vae-encoder"
+    if (trained / "config.json").exists():
+        vae = AutoencoderKLWan.from_pretrained(str(trained))
     else:
-        run.seed_stage("vae")
-        vae = build_vae()
-        mean, std = latent_stats(run)
-        vae.register_to_config(latents_mean=[round(v, 6) for v in mean.tolist()],
-                               latents_std=[round(v, 6) for v in std.tolist()])
-    for name, field, lr, edge, colour in VAE_PHASES[len(done):]:
-        train_decoder(run, vae, name, getattr(b, field), lr, edge_weight=edge, colour_noise=colour)
-        vae.save_pretrained(str(run.work / name))
+        if (built / "config.json").exists():
+            vae = AutoencoderKLWan.from_pretrained(str(built))
+        else:
+            vae = build_vae(run)
+            vae.save_pretrained(str(built))
+        train_encoder(run, vae)
+        vae.save_pretrained(str(trained))
     m5 = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     s5 = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    enc_dir = run.work / "vae-encoder"
-    if (enc_dir / "config.json").exists():
-        enc = load_vae_for_training(enc_dir)
-        vae.encoder.load_state_dict(enc.encoder.state_dict())
-        vae.quant_conv.load_state_dict(enc.quant_conv.state_dict())
-    else:
-        train_encoder(run, vae)
-        vae.save_pretrained(str(enc_dir))
     vae.eval()
     vae.save_pretrained(str(run.out / "vae"))
     # whole held-out videos through the streaming decoder, judged by the evaluator

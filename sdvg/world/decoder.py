@@ -1,0 +1,180 @@
+"""The world's VAE decoder: the latent design's renderer, written into a standard Wan `AutoencoderKLWan`.
+
+A latent frame holds, per 8x8 cell, the distance to the nearest object at 2x2 sub-cells for the first and last
+frame of its 4-frame window, the nearest object's colour and the background colour (`sdvg.world.data`). Decoding:
+
+1. time: the window's 4 frames interpolate its first and last distance linearly (Wan's two time convs);
+2. space: a learned *linear* upsampler (`FieldUpsampler`: three nearest x2 + 3x3 conv stages, Wan's resample convs)
+   turns the 16x16 sub-cell distances into a 64x64 field f ~ 0.5 - (distance in pixels);
+3. shading, per pixel (the last resolution's residual block): alpha = clamp(f, 0, 1) and
+   pixel = bg + relu(v - K(1 - alpha)) - relu(-v - K(1 - alpha)), v = obj - bg, K = 2
+   (exactly bg + alpha v where alpha is 0 or 1, a blend of the two colours on the one-pixel edge).
+
+Why designed, not trained end to end: a decoder trained by regression on pixels learns a blurred average wherever its
+input is uncertain (the trained one scored 0.58 on real latents); this one thresholds a distance field, so the mean of
+several plausible latents (what a few-step generator predicts where it is unsure) still renders as one sharp shape.
+
+`to_wan` places it in Wan's modules: the ReLUs are SiLUs after an RMS norm whose gain is large (SiLU(s u)/s ~ relu(u)),
+linear pass-through channels sit beside a large constant channel (the norm then divides by ~the constant and
+SiLU(u) ~ u/2), every other residual and attention branch is zero (`sdvg.vae.fast_modules` skips them exactly).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+K_SHADE = 2.0  # > the largest |obj - bg| per channel in latent units ([-1, 1] colours)
+SHARP = 200.0  # SiLU(SHARP u) / SHARP stands for relu(u): error <= 0.28 / SHARP
+_BIG = 1e5  # the constant channel beside the linear pass-through channels
+WIDTHS = (8, 16)  # hidden channels of the field upsampler at 16x16 and 32x32
+DECODER_BASE_DIM = 12
+
+
+class FieldUpsampler(nn.Module):
+    """Sub-cell distances [N, 4, h, w] (raw latent units: pixels / SDF_CLIP) -> field [N, 1, 8h, 8w] ~ 0.5 - pixels."""
+
+    def __init__(self, widths: tuple[int, int] = WIDTHS) -> None:
+        super().__init__()
+        w0, w1 = widths
+        self.c0, self.c1, self.c2 = nn.Conv2d(4, w0, 3, padding=1), nn.Conv2d(w0, w1, 3, padding=1), nn.Conv2d(w1, 1, 3, padding=1)
+
+    def forward(self, d: torch.Tensor) -> torch.Tensor:
+        for conv in (self.c0, self.c1, self.c2):
+            d = conv(F.interpolate(d, scale_factor=2, mode="nearest"))
+        return d
+
+
+def shade(field: torch.Tensor, obj: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
+    """The per-pixel shading (step 3) in plain PyTorch; field [N,1,H,W], colours [N,3,H,W] in [-1, 1]."""
+    gap = K_SHADE * (1 - field.clamp(0, 1))
+    v = obj - bg
+    return bg + F.relu(v - gap) - F.relu(-v - gap)
+
+
+def field_loss(field: torch.Tensor, target: torch.Tensor, lo: float = -2.0, hi: float = 3.0) -> torch.Tensor:
+    """Least squares to the target field clamped to [lo, hi]; beyond it, only being on the wrong side costs."""
+    err = field - target.clamp(lo, hi)
+    err = torch.where(target >= hi, err.clamp(max=0), torch.where(target <= lo, err.clamp(min=0), err))
+    return (err ** 2).mean()
+
+
+def fit_upsampler(batches, steps: int, lr: float = 3e-3, log=None) -> FieldUpsampler:
+    """Fit the linear upsampler on (sub-cell distances [N,4,8,8], pixel field target [N,1,64,64]) batches."""
+    up = FieldUpsampler()
+    opt = torch.optim.Adam(up.parameters(), lr)
+    for step in range(steps):
+        d, target = next(batches)
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = field_loss(up(d), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if log is not None and (step % 250 == 0 or step == steps - 1):
+            log(step=step, field_mse=round(loss.item(), 5))
+    return up.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------- into a Wan VAE
+def _eye(dst: torch.Tensor, out0: int, in0: int, n: int, value: float = 1.0) -> None:
+    """dst[out0 + k, in0 + k] = value at the last time tap (if any) and the spatial centre, for k < n."""
+    centre = tuple(s // 2 for s in dst.shape[-2:])
+    for k in range(n):
+        if dst.dim() == 5:
+            dst[out0 + k, in0 + k, -1, centre[0], centre[1]] = value
+        elif dst.dim() == 4:
+            dst[out0 + k, in0 + k, centre[0], centre[1]] = value
+        else:
+            dst[out0 + k, in0 + k] = value
+
+
+def _linear_gain(conv) -> float:
+    """What undoes an RMS norm (gain 1) + SiLU in their linear regime beside the _BIG channel: x -> ~x sqrt(C)/(2 BIG)."""
+    return 2 * _BIG / conv.weight.shape[1] ** 0.5
+
+
+@torch.no_grad()
+def write_decoder(vae, up: FieldUpsampler) -> None:
+    """Overwrite `vae`'s decoder and post_quant_conv (built with VAE_KWARGS) with the designed decoder."""
+    dec = vae.decoder
+    for p in list(dec.parameters()) + list(vae.post_quant_conv.parameters()):
+        p.zero_()
+    for name, p in dec.named_parameters():
+        if name.endswith("gamma"):
+            p.fill_(1.0)
+    _eye(vae.post_quant_conv.weight, 0, 0, 14)
+    # conv_in: [d_start 0-3 (slot x), d_end 4-7 (slot y), obj 8-10, bg 11-13]; latent order is d_end, d_start, obj, bg
+    _eye(dec.conv_in.weight, 0, 4, 4)
+    _eye(dec.conv_in.weight, 4, 0, 4)
+    _eye(dec.conv_in.weight, 8, 8, 6)
+    up0, up1, up2 = (b.upsamplers[0] for b in dec.up_blocks[:3])
+    w0, w1 = up.c0.out_channels, up.c1.out_channels
+    # up0 time conv: latent frame -> 2 frames, each with slots x, y = the distance at a = (0, 1/3) and (2/3, 1)
+    tw, half = up0.time_conv.weight, up0.time_conv.weight.shape[0] // 2
+    for frame, pair in enumerate(((0.0, 1 / 3), (2 / 3, 1.0))):
+        for slot, a in enumerate(pair):
+            _eye(tw, frame * half + 4 * slot, 0, 4, 1 - a)
+            _eye(tw, frame * half + 4 * slot, 4, 4, a)
+        _eye(tw, frame * half + 8, 8, 6)
+    # up0 resample (16x16): c0 per slot; colours nearest
+    rw, rb = up0.resample[1].weight, up0.resample[1].bias
+    for slot in range(2):
+        rw[slot * w0:(slot + 1) * w0, slot * 4:(slot + 1) * 4] = up.c0.weight
+        rb[slot * w0:(slot + 1) * w0] = up.c0.bias
+    _eye(rw, 2 * w0, 8, 6)
+    _eye(dec.up_blocks[1].resnets[0].conv_shortcut.weight, 0, 0, 2 * w0 + 6)
+    # up1 time conv: even frame keeps slot x, odd frame moves slot y into slot x; colours to both
+    tw, half = up1.time_conv.weight, up1.time_conv.weight.shape[0] // 2
+    _eye(tw, 0, 0, w0)
+    _eye(tw, half, w0, w0)
+    _eye(tw, 2 * w0, 2 * w0, 6)
+    _eye(tw, half + 2 * w0, 2 * w0, 6)
+    # up1 resample (32x32): c1; colours nearest
+    rw, rb = up1.resample[1].weight, up1.resample[1].bias
+    rw[:w1, :w0] = up.c1.weight
+    rb[:w1] = up.c1.bias
+    _eye(rw, w1, 2 * w0, 6)
+    # up2 resample (64x64): [f, f - 1, obj 2-4, bg 5-7, BIG 8, pixel slots 9-11 (zero)]
+    rw, rb = up2.resample[1].weight, up2.resample[1].bias
+    rw[0:1, :w1] = up.c2.weight
+    rw[1:2, :w1] = up.c2.weight
+    rb[0], rb[1] = up.c2.bias[0], up.c2.bias[0] - 1
+    _eye(rw, 2, w1, 6)
+    rb[8] = _BIG
+    # shading in up_blocks[3].resnets[0]: norm1 + SiLU = relu on f, f - 1 and linear on the colours
+    res = dec.up_blocks[3].resnets[0]
+    c = res.norm1.gamma.shape[0]
+    g1 = res.norm1.gamma.view(-1)
+    g1.zero_()
+    g1[0:2] = SHARP * _BIG / c ** 0.5
+    g1[2:8] = 1.0
+    # conv1 -> [p+ 0-2, p- 3-5, bg 6-8, BIG 9]: p+- = +-(obj - bg) - K + K alpha, alpha = (relu(f) - relu(f - 1))
+    cw, cb = res.conv1.weight[:, :, -1, 1, 1], res.conv1.bias
+    lin = _linear_gain(res.conv1)
+    for ch in range(3):
+        for sign, row in ((1.0, ch), (-1.0, 3 + ch)):
+            cw[row, 2 + ch] = sign * lin
+            cw[row, 5 + ch] = -sign * lin
+            cw[row, 0] = K_SHADE / SHARP
+            cw[row, 1] = -K_SHADE / SHARP
+            cb[row] = -K_SHADE
+        cw[6 + ch, 5 + ch] = lin
+    cb[9] = _BIG
+    g2 = res.norm2.gamma.view(-1)
+    g2.zero_()
+    g2[0:6] = SHARP * _BIG / c ** 0.5
+    g2[6:9] = 1.0
+    # conv2 -> pixel slots 9-11: bg + relu(p+) - relu(p-)
+    ow = res.conv2.weight[:, :, -1, 1, 1]
+    for ch in range(3):
+        ow[9 + ch, ch] = 1 / SHARP
+        ow[9 + ch, 3 + ch] = -1 / SHARP
+        ow[9 + ch, 6 + ch] = _linear_gain(res.conv2)
+    # norm_out + SiLU + conv_out: linear read of the pixel slots (the VAE clamps to [-1, 1])
+    go = dec.norm_out.gamma.view(-1)
+    go.zero_()
+    go[9:12] = 1.0
+    _eye(dec.conv_out.weight, 0, 9, 3, _linear_gain(dec.conv_out))
