@@ -142,14 +142,15 @@ def test_latents_carry_the_video(prompt):
 
 def test_designed_decoder_written_into_a_wan_vae():
     """`write_decoder` puts the designed decoder into a standard AutoencoderKLWan: per pixel frame, the window's
-    distances interpolated in time, the linear field upsampler, and the shading; diffusers' whole-video decode and
+    distances interpolated in time, the linear field upsampler, the background averaged over the frame, the colours snapped to the palette, and
+    the shading; diffusers' whole-video decode and
     sdvg's streaming decoder (with its exact fast modules) agree with that reference, written in plain PyTorch."""
     from diffusers import AutoencoderKLWan
 
     from sdvg.vae import StreamingDecoder
     from sdvg.world import spec
     from sdvg.world.data import scene_latents
-    from sdvg.world.decoder import FieldUpsampler, shade, write_decoder
+    from sdvg.world.decoder import FieldUpsampler, shade, snap_colours, write_decoder
 
     torch.manual_seed(0)
     up = FieldUpsampler().eval()
@@ -158,16 +159,26 @@ def test_designed_decoder_written_into_a_wan_vae():
     x, info = render("a big yellow square bouncing up and down and a blue circle moving in a circle on a magenta "
                      "background", 13, seed=4)
     z = scene_latents(info.scene, info.jitters, n_latent=4)  # raw latents [14, 4, 8, 8]
+    z[8:] += 0.1 * torch.randn(z[8:].shape)  # colours off the palette, as a generator's
     frames = [(0, 0.0)] + [(k, j / 3) for k in range(1, 4) for j in range(4)]
     with torch.no_grad():
         d = torch.stack([(1 - a) * z[4:8, k] + a * z[0:4, k] for k, a in frames])
-        col = F.interpolate(torch.stack([z[8:14, k] for k, _ in frames]), scale_factor=8, mode="nearest")
+        col = torch.stack([z[8:14, k] for k, _ in frames])
+        bg = col[:, 3:].mean((2, 3), keepdim=True).expand(-1, -1, 8, 8)  # one background colour per frame
+        col = torch.cat([snap_colours(col[:, :3]), snap_colours(bg)], 1)
+        col = F.interpolate(col, scale_factor=8, mode="nearest")
         want = shade(up(d), col[:, :3], col[:, 3:]).clamp(-1, 1)
         got = vae.decode(z[None]).sample[0].permute(1, 0, 2, 3)
         torch.testing.assert_close(got, want, atol=5e-3, rtol=0)  # SiLU(s u) / s for relu(u): <= 0.28 / s
         dec = StreamingDecoder(vae, [0.0] * spec.Z_DIM, [1.0] * spec.Z_DIM)
         f = torch.cat([dec.decode(z[None, :, :1]), dec.decode(z[None, :, 1:3]), dec.decode(z[None, :, 3:])])
         torch.testing.assert_close(f, (got + 1) / 2, atol=1e-5, rtol=0)
+    # the snap: palette colours map to themselves, off-palette ones (a DiT's averaged colours) to the nearest pattern
+    from sdvg.world.grammar import COLOURS
+
+    pal = torch.tensor(list(COLOURS.values())) * 2 - 1
+    torch.testing.assert_close(snap_colours(pal), pal, atol=1e-6, rtol=0)
+    torch.testing.assert_close(snap_colours(pal * 0.6 + 0.1), pal, atol=1e-6, rtol=0)
 
 
 def test_dit_training_step_on_tiny_model():

@@ -6,13 +6,18 @@ frame of its 4-frame window, the nearest object's colour and the background colo
 1. time: the window's 4 frames interpolate its first and last distance linearly (Wan's two time convs);
 2. space: a learned *linear* upsampler (`FieldUpsampler`: three nearest x2 + 3x3 conv stages, Wan's resample convs)
    turns the 16x16 sub-cell distances into a 64x64 field f ~ 0.5 - (distance in pixels);
-3. shading, per pixel (the last resolution's residual block): alpha = clamp(f, 0, 1) and
+3. colours (the middle block): the background is averaged over the frame (it is one colour by design; the average
+   removes a generator's cell-to-cell noise), then both colours are snapped to the palette, whose 8 colours are the 8 high/low
+   patterns of the 3 channels: binarise each channel (a steep clamp), one indicator per pattern (a ReLU of their
+   signed sum), and the palette colour of the pattern that fires (two fire half each on a tie);
+4. shading, per pixel (the last resolution's residual block): alpha = clamp(f, 0, 1) and
    pixel = bg + relu(v - K(1 - alpha)) - relu(-v - K(1 - alpha)), v = obj - bg, K = 2
    (exactly bg + alpha v where alpha is 0 or 1, a blend of the two colours on the one-pixel edge).
 
 Why designed, not trained end to end: a decoder trained by regression on pixels learns a blurred average wherever its
-input is uncertain (the trained one scored 0.58 on real latents); this one thresholds a distance field, so the mean of
-several plausible latents (what a few-step generator predicts where it is unsure) still renders as one sharp shape.
+input is uncertain (the trained one scored 0.58 on real latents); this one thresholds a distance field and snaps
+colours, so the mean of several plausible latents (what a few-step generator predicts where it is unsure) still
+renders as one sharp shape in palette colours.
 
 `to_wan` places it in Wan's modules: the ReLUs are SiLUs after an RMS norm whose gain is large (SiLU(s u)/s ~ relu(u)),
 linear pass-through channels sit beside a large constant channel (the norm then divides by ~the constant and
@@ -31,6 +36,8 @@ SHARP = 200.0  # SiLU(SHARP u) / SHARP stands for relu(u): error <= 0.28 / SHARP
 _BIG = 1e5  # the constant channel beside the linear pass-through channels
 WIDTHS = (8, 16)  # hidden channels of the field upsampler at 16x16 and 32x32
 DECODER_BASE_DIM = 12
+SNAP_SLOPE = 4.0  # a colour channel (in [-1, 1]) binarises beyond +-0.125; the palette's are beyond +-0.4
+_PRE = 27  # first channel of the colour snap's pre-activations in the 48-channel middle block
 
 
 class FieldUpsampler(nn.Module):
@@ -45,6 +52,26 @@ class FieldUpsampler(nn.Module):
         for conv in (self.c0, self.c1, self.c2):
             d = conv(F.interpolate(d, scale_factor=2, mode="nearest"))
         return d
+
+
+def _palette() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(signs [8, 3], offsets [8], colours [8, 3] in [-1, 1]): pattern k's indicator is relu(signs[k] . b + offsets[k])
+    for the binarised channels b; it is 1 on its own pattern and 0 on every other one."""
+    from sdvg.world.grammar import COLOURS
+
+    cols = torch.tensor(list(COLOURS.values())) * 2 - 1
+    bits = (cols > 0).float()
+    if len({tuple(b.tolist()) for b in bits}) != len(cols):
+        raise ValueError("the palette must be the 8 high/low patterns of the RGB channels")
+    return bits * 2 - 1, 1 - bits.sum(1), cols
+
+
+def snap_colours(c: torch.Tensor) -> torch.Tensor:
+    """Step 3 in plain PyTorch: colours [N, 3, ...] in [-1, 1] -> the nearest palette colours (by pattern)."""
+    signs, offsets, cols = _palette()
+    b = (SNAP_SLOPE * c + 0.5).clamp(0, 1)
+    ind = F.relu(torch.einsum("kc,nc...->nk...", signs, b) + offsets.view(1, -1, *[1] * (c.dim() - 2)))
+    return torch.einsum("kc,nk...->nc...", cols, ind)
 
 
 def shade(field: torch.Tensor, obj: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
@@ -96,6 +123,33 @@ def _linear_gain(conv) -> float:
     return 2 * _BIG / conv.weight.shape[1] ** 0.5
 
 
+def _snap_block(res) -> None:
+    """Step 3 in a residual block at latent resolution: norm1 + SiLU = the binarising ReLUs, conv1 = the pattern
+    indicators' pre-activations, norm2 + SiLU = their ReLUs, conv2 = the palette colours into channels 21-26."""
+    signs, offsets, cols = _palette()
+    c = res.norm1.gamma.shape[0]
+    g1 = res.norm1.gamma.view(-1)
+    g1.zero_()
+    g1[_PRE:_PRE + 12] = SHARP * _BIG / c ** 0.5
+    cw, cb = res.conv1.weight[:, :, -1, 1, 1], res.conv1.bias
+    for which in range(2):  # obj, bg
+        for k in range(8):
+            row = 8 * which + k
+            for ch in range(3):
+                src = _PRE + 2 * (3 * which + ch)  # relu(su + 1/2) - relu(su - 1/2) = the binarised channel
+                cw[row, src] = signs[k, ch] / SHARP
+                cw[row, src + 1] = -signs[k, ch] / SHARP
+            cb[row] = offsets[k]
+    cb[16] = _BIG
+    g2 = res.norm2.gamma.view(-1)
+    g2.zero_()
+    g2[0:16] = SHARP * _BIG / c ** 0.5
+    ow = res.conv2.weight[:, :, -1, 1, 1]
+    for which in range(2):
+        for ch in range(3):
+            ow[8 + 3 * which + ch, 8 * which:8 * which + 8] = cols[:, ch] / SHARP
+
+
 @torch.no_grad()
 def write_decoder(vae, up: FieldUpsampler) -> None:
     """Overwrite `vae`'s decoder and post_quant_conv (built with VAE_KWARGS) with the designed decoder."""
@@ -106,10 +160,28 @@ def write_decoder(vae, up: FieldUpsampler) -> None:
         if name.endswith("gamma"):
             p.fill_(1.0)
     _eye(vae.post_quant_conv.weight, 0, 0, 14)
-    # conv_in: [d_start 0-3 (slot x), d_end 4-7 (slot y), obj 8-10, bg 11-13]; latent order is d_end, d_start, obj, bg
+    # conv_in: [d_start 0-3 (slot x), d_end 4-7 (slot y), (snapped colours 8-13), obj su + 1/2 and su - 1/2 per channel
+    # (s = SNAP_SLOPE) at _PRE.._PRE+5, (the same of the frame's mean bg at _PRE+6..+11), BIG, raw bg]; the latent's
+    # order is d_end, d_start, obj, bg. The middle block's attention averages the background over the frame (its
+    # queries and keys are zero: uniform weights), its second residual block snaps both colours into 8-13, where
+    # they stay (the first latent frame skips the time convs, so the layout must not change there).
     _eye(dec.conv_in.weight, 0, 4, 4)
     _eye(dec.conv_in.weight, 4, 0, 4)
-    _eye(dec.conv_in.weight, 8, 8, 6)
+    for k in range(3):
+        for j, off in enumerate((0.5, -0.5)):
+            dec.conv_in.weight[_PRE + 2 * k + j, 8 + k, -1, 1, 1] = SNAP_SLOPE
+            dec.conv_in.bias[_PRE + 2 * k + j] = off
+    dec.conv_in.bias[_PRE + 12] = _BIG
+    _eye(dec.conv_in.weight, _PRE + 13, 11, 3)
+    attn = dec.mid_block.attentions[0]
+    c = attn.norm.gamma.shape[0]
+    for k in range(3):  # v = the raw bg (undoing the norm's 1 / ~BIG); proj: the mean's pre-activations
+        attn.to_qkv.weight[2 * c + k, _PRE + 13 + k] = _BIG / c ** 0.5
+        for j, off in enumerate((0.5, -0.5)):
+            attn.proj.weight[_PRE + 6 + 2 * k + j, k] = SNAP_SLOPE
+            attn.proj.bias[_PRE + 6 + 2 * k + j] = off
+    _snap_block(dec.mid_block.resnets[1])
+    col = 8
     up0, up1, up2 = (b.upsamplers[0] for b in dec.up_blocks[:3])
     w0, w1 = up.c0.out_channels, up.c1.out_channels
     # up0 time conv: latent frame -> 2 frames, each with slots x, y = the distance at a = (0, 1/3) and (2/3, 1)
@@ -118,7 +190,7 @@ def write_decoder(vae, up: FieldUpsampler) -> None:
         for slot, a in enumerate(pair):
             _eye(tw, frame * half + 4 * slot, 0, 4, 1 - a)
             _eye(tw, frame * half + 4 * slot, 4, 4, a)
-        _eye(tw, frame * half + 8, 8, 6)
+        _eye(tw, frame * half + 8, col, 6)
     # up0 resample (16x16): c0 per slot; colours nearest
     rw, rb = up0.resample[1].weight, up0.resample[1].bias
     for slot in range(2):

@@ -41,6 +41,38 @@ def build_encoder(d_model: int = 64, layers: int = 2, heads: int = 4):
     return UMT5EncoderModel(cfg)
 
 
+ROLES = ("other", "colour 1", "colour 2", "turns 1", "turns 2", "background", "shape 1", "shape 2")
+
+
+def token_roles(prompts: list[str], text_len: int = TEXT_LEN) -> torch.Tensor:
+    """[B, text_len] role of each token (an index into ROLES; -100 on padding and </s>): whose colour a colour word
+    is (object 1's, object 2's, a colour change's, the background's) and whose shape a shape word is. A training
+    target for the text encoder (`sdvg.world.train`): a colour word's role is fixed by its neighbours (a shape, or
+    "background", or "turns" before it), so a probe of it teaches the encoder the prompt's structure apart from the
+    words, which is what unseen colour+shape pairs need."""
+    from sdvg.world.grammar import COLOURS, SHAPES
+
+    out = torch.full((len(prompts), text_len), -100, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        words = tokenize(p)[:text_len - 1]
+        k = 0
+        for j, w in enumerate(words):
+            k += w == "and"
+            nxt = words[j + 1] if j + 1 < len(words) else None
+            role = "other"
+            if w in COLOURS:
+                if j > 0 and words[j - 1] == "turns":
+                    role = f"turns {k + 1}"
+                elif nxt == "background":
+                    role = "background"
+                else:
+                    role = f"colour {k + 1}"
+            elif w in SHAPES:
+                role = f"shape {k + 1}"
+            out[i, j] = ROLES.index(role)
+    return out
+
+
 def encode_with(model, tokenizer, prompts: list[str], text_len: int = TEXT_LEN) -> torch.Tensor:
     """Differentiable encode (used in training too): [B, text_len, d], padding positions zeroed."""
     for p in prompts:

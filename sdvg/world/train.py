@@ -38,6 +38,7 @@ class Budget:
     encoder_steps: int = 3000
     target_steps: int = 2400
     target_refine_steps: int = 1600
+    target_role_steps: int = 1200
     drafter_steps: int = 2000
     dit_batch: int = 16
     critic_rollouts: int = 512
@@ -45,8 +46,8 @@ class Budget:
     eval_prompts: int = 12
 
 
-QUICK = Budget(field_steps=4, encoder_steps=2, target_steps=3,
-               target_refine_steps=2, drafter_steps=2, dit_batch=2, critic_rollouts=2, critic_steps=3, eval_prompts=2)
+QUICK = Budget(field_steps=4, encoder_steps=2, target_steps=3, target_refine_steps=2, target_role_steps=2,
+               drafter_steps=2, dit_batch=2, critic_rollouts=2, critic_steps=3, eval_prompts=2)
 
 
 class Run:
@@ -117,9 +118,29 @@ def latent_stats(run: Run, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 ENCODER_LR = 1e-3
 
 
+def window_local_encoder(encoder) -> None:
+    """Zero, and keep at zero, every temporal tap of the encoder that reaches before the current 4-frame window
+    (the past-frame taps of its causal convs, the first tap of its strided time convs), as the latent design is
+    window-local. With them free, an encoder trained on 3-latent-frame clips drifted on 27-frame videos: its
+    cached features feed back through the layers, chunk after chunk, into states it never saw in training."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    for m in encoder.modules():
+        if isinstance(m, WanCausalConv3d) and m.weight.shape[2] > 1:
+            mask = torch.ones_like(m.weight)
+            if m.stride[0] == 1:
+                mask[:, :, :-1] = 0
+            else:
+                mask[:, :, 0] = 0
+            with torch.no_grad():
+                m.weight.mul_(mask)
+            m.weight.register_hook(lambda g, mask=mask: g * mask)
+
+
 def train_encoder(run: Run, vae) -> None:
     """The encoder (and quant_conv) regress the designed latents of rendered clips from their pixels."""
     b = run.budget
+    window_local_encoder(vae.encoder)
     rng = run.seed_stage("vae-encoder")
     stream = scene_stream(derive_seed("vae-encoder-data", run.seed))
     s5 = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
@@ -247,16 +268,17 @@ def block0_error(dit, enc, tok, lat: torch.Tensor, prompts: list[str], t_list: t
 
 
 def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool, init: Path | None = None,
-              out: Path | None = None) -> None:
+              out: Path | None = None, phase: str | None = None, role_weight: float = 0.0) -> None:
     """Train a DiT (and, with `train_text`, the text encoder) and save it to `out` (default: the weights folder);
-    `init`: a folder holding a previous phase's `<name>.safetensors` (and text_encoder) to continue from."""
+    `init`: a folder holding a previous phase's `<name>.safetensors` (and text_encoder) to continue from;
+    `role_weight`: weight of a linear probe's loss on the text encoder's token roles (`sdvg.world.text.token_roles`)."""
     from sdvg.checkpoints import save_dit
     from sdvg.config import SamplerConfig
     from sdvg.sampler import schedule_table, timesteps
     from sdvg.wan import WanDiT
     from sdvg.world.text import build_encoder, build_tokenizer, encode_with
 
-    phase = name if init is None else f"{name}-refine"
+    phase = phase or (name if init is None else f"{name}-refine")
     rng = run.seed_stage(phase)
     batches = latent_batches(run, phase)
     probe_lat, probe_prompts = next(latent_batches(run, "probe", heldout=True, batch=16))
@@ -287,6 +309,12 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool,
         tok = PreTrainedTokenizerFast.from_pretrained(str(run.out / "text_encoder"))
         enc = UMT5EncoderModel.from_pretrained(str(run.out / "text_encoder")).requires_grad_(False)
         params = list(dit.parameters())
+    probe = None
+    if role_weight:
+        from sdvg.world.text import ROLES, token_roles
+
+        probe = torch.nn.Linear(spec.TEXT_DIM, len(ROLES))
+        params = params + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(derive_seed(phase, "noise", run.seed))
     t_list, table = timesteps(SamplerConfig()), schedule_table(SamplerConfig())
@@ -297,13 +325,17 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool,
         lat, prompts = next(batches)
         ctx = encode_with(enc, tok, prompts, spec.TEXT_LEN)
         loss = dit_step(dit, lat, ctx, rng, gen, t_list, table)
+        if probe is not None:
+            role_loss = torch.nn.functional.cross_entropy(probe(ctx).flatten(0, 1), token_roles(prompts).flatten())
+            loss = loss + role_weight * role_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         if step % 50 == 0 or step == steps - 1:
-            run.log(phase, step=step, loss=round(ema, 4), s_per_step=round((time.time() - t0) / (step + 1), 3),
+            extra = {"role_loss": round(role_loss.item(), 4)} if probe is not None else {}
+            run.log(phase, step=step, loss=round(ema, 4), s_per_step=round((time.time() - t0) / (step + 1), 3), **extra,
                     heldout_block0_x0_mse=round(block0_error(dit, enc, tok, probe_lat, probe_prompts, t_list), 4))
     dit.eval()
     out.mkdir(parents=True, exist_ok=True)
@@ -313,13 +345,22 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool,
         tok.save_pretrained(str(out / "text_encoder"))
 
 
+ROLE_WEIGHT = 0.05
+
+
 def stage_target(run: Run) -> None:
     """The target and the world's text encoder, trained together (the encoder is frozen afterwards)."""
-    phase1 = run.work / "target_phase1"
+    phase1, phase2 = run.work / "target_phase1", run.work / "target_phase2"
     if not (phase1 / "target.safetensors").exists():
         train_dit(run, "target", spec.TARGET, run.budget.target_steps, 2e-3, train_text=True, out=phase1)
-    # a second, lower-lr phase (its own warm-up and cosine): the colour channels are the last to settle
-    train_dit(run, "target", spec.TARGET, run.budget.target_refine_steps, 5e-4, train_text=True, init=phase1)
+    if not (phase2 / "target.safetensors").exists():
+        # a second, lower-lr phase (its own warm-up and cosine): the colour channels are the last to settle
+        train_dit(run, "target", spec.TARGET, run.budget.target_refine_steps, 5e-4, train_text=True, init=phase1,
+                  out=phase2)
+    # a third phase adds a probe of the text encoder's token roles (whose colour each colour word is): trained on
+    # the video loss alone, the target painted unseen colour+shape pairs in swapped or wrong colours
+    train_dit(run, "target", spec.TARGET, run.budget.target_role_steps, 3e-4, train_text=True, init=phase2,
+              phase="target-roles", role_weight=ROLE_WEIGHT)
 
 
 def stage_drafter(run: Run) -> None:
