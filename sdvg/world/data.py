@@ -10,8 +10,8 @@ from sdvg.world.grammar import COLOURS, SIZES, Scene, random_scene
 from sdvg.world.render import REF_FRAMES, colour_track, draw_jitters, render, shape_sdf, trajectory
 
 
-def scene_stream(seed: int, heldout: bool = False, p_two: float = 0.15, p_turn: float = 0.15):
-    """Endless (scene, render seed) pairs from the train (or held-out) distribution."""
+def scene_stream(seed: int, heldout: bool | None = False, p_two: float = 0.15, p_turn: float = 0.15):
+    """Endless (scene, render seed) pairs from the train (or held-out, or with None any) distribution."""
     rng = random.Random(seed)
     while True:
         yield random_scene(rng, heldout, p_two, p_turn), rng.randrange(2**31)

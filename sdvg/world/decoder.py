@@ -7,9 +7,9 @@ frame of its 4-frame window, the nearest object's colour and the background colo
 2. space: a learned *linear* upsampler (`FieldUpsampler`: three nearest x2 + 3x3 conv stages, Wan's resample convs)
    turns the 16x16 sub-cell distances into a 64x64 field f ~ 0.5 - (distance in pixels);
 3. colours (the middle block): the background is averaged over the frame (it is one colour by design; the average
-   removes a generator's cell-to-cell noise), then both colours are snapped to the palette, whose 8 colours are the 8 high/low
-   patterns of the 3 channels: binarise each channel (a steep clamp), one indicator per pattern (a ReLU of their
-   signed sum), and the palette colour of the pattern that fires (two fire half each on a tie);
+   removes a generator's cell-to-cell noise), then both colours are snapped to the palette, whose 8 colours are the
+   8 high/low patterns of the 3 channels: binarise each channel (a steep clamp), one indicator per pattern (a ReLU
+   of their signed sum), and the palette colour of the pattern that fires (two fire half each on a tie);
 4. shading, per pixel (the last resolution's residual block): alpha = clamp(f, 0, 1) and
    pixel = bg + relu(v - K(1 - alpha)) - relu(-v - K(1 - alpha)), v = obj - bg, K = 2
    (exactly bg + alpha v where alpha is 0 or 1, a blend of the two colours on the one-pixel edge).
@@ -19,9 +19,10 @@ input is uncertain (the trained one scored 0.58 on real latents); this one thres
 colours, so the mean of several plausible latents (what a few-step generator predicts where it is unsure) still
 renders as one sharp shape in palette colours.
 
-`to_wan` places it in Wan's modules: the ReLUs are SiLUs after an RMS norm whose gain is large (SiLU(s u)/s ~ relu(u)),
-linear pass-through channels sit beside a large constant channel (the norm then divides by ~the constant and
-SiLU(u) ~ u/2), every other residual and attention branch is zero (`sdvg.vae.fast_modules` skips them exactly).
+`write_decoder` places it in Wan's modules: the ReLUs are SiLUs after an RMS norm whose gain is large
+(SiLU(s u)/s ~ relu(u)); linear pass-through channels sit beside a large constant channel (the norm then divides by
+~the constant and SiLU(u) ~ u/2); the middle block's attention, with zero queries and keys, is the frame average;
+every other residual branch is zero (`sdvg.vae.fast_modules` skips those exactly).
 """
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ class FieldUpsampler(nn.Module):
     def __init__(self, widths: tuple[int, int] = WIDTHS) -> None:
         super().__init__()
         w0, w1 = widths
-        self.c0, self.c1, self.c2 = nn.Conv2d(4, w0, 3, padding=1), nn.Conv2d(w0, w1, 3, padding=1), nn.Conv2d(w1, 1, 3, padding=1)
+        self.c0 = nn.Conv2d(4, w0, 3, padding=1)
+        self.c1 = nn.Conv2d(w0, w1, 3, padding=1)
+        self.c2 = nn.Conv2d(w1, 1, 3, padding=1)
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
         for conv in (self.c0, self.c1, self.c2):
@@ -119,7 +122,7 @@ def _eye(dst: torch.Tensor, out0: int, in0: int, n: int, value: float = 1.0) -> 
 
 
 def _linear_gain(conv) -> float:
-    """What undoes an RMS norm (gain 1) + SiLU in their linear regime beside the _BIG channel: x -> ~x sqrt(C)/(2 BIG)."""
+    """What undoes an RMS norm (gain 1) + SiLU, linear beside the _BIG channel (they map x to ~x sqrt(C) / 2 BIG)."""
     return 2 * _BIG / conv.weight.shape[1] ** 0.5
 
 

@@ -175,8 +175,8 @@ def is_heldout(scene: Scene) -> bool:
     return any((o.colour, o.shape) in HELDOUT_PAIRS for o in scene.objects)
 
 
-def random_scene(rng: random.Random, heldout: bool = False, p_two: float = 0.15, p_turn: float = 0.15) -> Scene:
-    """Draw a scene from the train (or held-out) distribution."""
+def random_scene(rng: random.Random, heldout: bool | None = False, p_two: float = 0.15, p_turn: float = 0.15) -> Scene:
+    """Draw a scene from the train (or held-out, or with None any) distribution."""
     while True:
         n = 2 if rng.random() < p_two else 1
         objs = []
@@ -186,7 +186,7 @@ def random_scene(rng: random.Random, heldout: bool = False, p_two: float = 0.15,
                                    rng.choice(MOTIONS), turns))
         scene = Scene(tuple(objs), rng.choice(list(COLOURS)))
         cols = scene.colours
-        if len(set(cols)) == len(cols) and is_heldout(scene) == heldout:
+        if len(set(cols)) == len(cols) and heldout in (None, is_heldout(scene)):
             return scene
 
 

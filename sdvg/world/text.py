@@ -55,20 +55,20 @@ def token_roles(prompts: list[str], text_len: int = TEXT_LEN) -> torch.Tensor:
     out = torch.full((len(prompts), text_len), -100, dtype=torch.long)
     for i, p in enumerate(prompts):
         words = tokenize(p)[:text_len - 1]
-        k = 0
+        shapes = 0  # shape words so far: an object's colour comes before its shape, its colour change after
         for j, w in enumerate(words):
-            k += w == "and"
             nxt = words[j + 1] if j + 1 < len(words) else None
             role = "other"
             if w in COLOURS:
                 if j > 0 and words[j - 1] == "turns":
-                    role = f"turns {k + 1}"
+                    role = f"turns {shapes}"
                 elif nxt == "background":
                     role = "background"
                 else:
-                    role = f"colour {k + 1}"
-            elif w in SHAPES:
-                role = f"shape {k + 1}"
+                    role = f"colour {shapes + 1}"
+            elif w in SHAPES and j > 0 and words[j - 1] in COLOURS:  # not "moving in a circle"
+                shapes += 1
+                role = f"shape {shapes}"
             out[i, j] = ROLES.index(role)
     return out
 

@@ -35,7 +35,7 @@ class Budget:
     field_steps: int = 1500
     vae_batch: int = 8
     vae_latents: int = 3
-    encoder_steps: int = 3000
+    encoder_steps: int = 4000
     target_steps: int = 2400
     target_refine_steps: int = 1600
     target_role_steps: int = 1200
@@ -97,8 +97,8 @@ def build_vae(run: Run):
         for m in vae.encoder.modules():
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and m.bias is not None:
                 m.bias.zero_()
-    up = fit_upsampler(field_pairs(scene_stream(derive_seed("vae-field", run.seed)), run.budget.vae_batch * 2, rng),
-                       run.budget.field_steps, log=lambda **m: run.log("vae-field", **m))
+    pairs = field_pairs(scene_stream(derive_seed("vae-field", run.seed), heldout=None), 2 * run.budget.vae_batch, rng)
+    up = fit_upsampler(pairs, run.budget.field_steps, log=lambda **m: run.log("vae-field", **m))
     write_decoder(vae, up)
     return vae
 
@@ -142,7 +142,8 @@ def train_encoder(run: Run, vae) -> None:
     b = run.budget
     window_local_encoder(vae.encoder)
     rng = run.seed_stage("vae-encoder")
-    stream = scene_stream(derive_seed("vae-encoder-data", run.seed))
+    # the VAE sees every colour+shape pair (as a real VAE sees all videos); only the DiTs are kept from held-out pairs
+    stream = scene_stream(derive_seed("vae-encoder-data", run.seed), heldout=None)
     s5 = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     enc_params = list(vae.encoder.parameters()) + list(vae.quant_conv.parameters())
     opt = torch.optim.Adam(enc_params, lr=ENCODER_LR)
