@@ -97,7 +97,7 @@ def build_vae(run: Run):
         for m in vae.encoder.modules():
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and m.bias is not None:
                 m.bias.zero_()
-    pairs = field_pairs(scene_stream(derive_seed("vae-field", run.seed), heldout=None), 2 * run.budget.vae_batch, rng)
+    pairs = field_pairs(scene_stream(derive_seed("vae-field", run.seed)), 2 * run.budget.vae_batch, rng)
     up = fit_upsampler(pairs, run.budget.field_steps, log=lambda **m: run.log("vae-field", **m))
     write_decoder(vae, up)
     return vae
