@@ -560,7 +560,7 @@ def block_costs(world, prompts: list[str], seed: int = 0) -> dict:
     return out
 
 
-STRIP_PROMPT = "a black circle bouncing up and down on a yellow background"  # the README's first prompt
+STRIP_PROMPT = "a blue circle bouncing left and right on a white background"  # the README's first prompt
 
 
 def write_strip(world, path: Path, prompt: str, seed: int, tau: float) -> str:
