@@ -91,11 +91,13 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  slightly wrong shape, not a grey blur. Normalised by measured per-channel mean/scale (`latents_mean`/",
         "  `latents_std`, the Wan convention). The decoder is designed, not trained end to end",
         "  (`sdvg/world/decoder.py`): it interpolates the window's distances in time, upsamples them with a fitted",
-        "  linear field upsampler to a 64x64 field, and shades each pixel: alpha = clamp(0.5 - distance), pixel = a",
-        "  blend of the object and background colours (ReLUs, as SiLUs behind RMS norms with a large gain). So the mean",
-        "  of several plausible latents renders as one sharp shape. It is written into Wan's modules (every other",
-        "  branch zero, skipped exactly by `sdvg.vae.fast_modules`). The encoder is a trained Wan encoder that",
-        "  regresses the latents from pixels. Decoded block by block by `sdvg.vae.StreamingDecoder`.",
+        "  linear field upsampler to a 64x64 field, averages the background over the frame (attention with zero",
+        "  queries and keys), snaps both colours to the palette, and shades each pixel: alpha = clamp(0.5 - distance),",
+        "  pixel = a blend of the object and background colours (ReLUs, as SiLUs behind RMS norms with a large gain).",
+        "  So the mean of several plausible latents renders as one sharp shape in palette colours. It is written into",
+        "  Wan's modules (every other branch zero, skipped exactly by `sdvg.vae.fast_modules`). The encoder is a",
+        "  trained, window-local Wan encoder that regresses the latents from pixels (on all colour+shape pairs).",
+        "  Decoded block by block by `sdvg.vae.StreamingDecoder`.",
         *([f"- VAE quality (evaluator, held-out videos): rendered {vq['heldout_quality_gt']}, their latents decoded "
            f"{vq['heldout_quality_decoded']}, pixels encoded then decoded {vq['heldout_quality_encoded_decoded']}; "
            f"the latent design's analytic reference decode (`reference_decode`) scores ~0.88."] if vq else []),
@@ -177,8 +179,8 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         f"- Reruns (these weights: {thread_s}): data, noise and step counts are fixed by the seed. With one thread a",
         "  rerun on the same torch version gives the same weights bit for bit. With more threads the DiT stages'",
         "  CPU kernels round differently from run to run and that compounds over training: the weights differ and",
-        "  the metrics move, the critic's block Spearman most (a 2-thread run of this recipe measured 0.28 and",
-        "  another 0.46).",
+        "  the metrics move, the critic's block Spearman most (two 2-thread runs of an earlier recipe measured 0.28",
+        "  and 0.46).",
         "- The latents and the decoder are designed, not learned end to end (a Wan VAE trained end to end from scratch",
         "  did not learn within a CPU budget, and a decoder trained by regression rendered blur). Real videos' latents",
         "  decode close to the renderer but squares lose their corners (distances are sampled every 4 px), and the",
@@ -190,9 +192,9 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  what keeps its held-out score below its train score.",
         "- The critic sees one frame at a time (as ImageReward does), so it can only guess a block's motion and",
         "  consistency from how its frames look.",
-        f"- Cost: decode + critic are {1 / c['target_over_decode_score']:.2f} of a target block here (Cost above;"
-        " the real pair: well under a tenth), because these models are tiny and overhead-bound on a CPU, so SDVG's"
-        " wall-clock gain stays below its DiT-only gain.",
+        f"- Cost: decode + critic are {1 / c['target_over_decode_score']:.2f} of a target block here (Cost above;",
+        "  the real pair: well under a tenth), because these models are tiny and overhead-bound on a CPU, so SDVG's",
+        "  wall-clock gain stays below its DiT-only gain.",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
