@@ -236,10 +236,8 @@ def fast_modules(module: torch.nn.Module) -> int:
       the output channels they write (the world's VAE uses a few of Wan's channels); exact for finite inputs.
     Parameters, names and state dicts are unchanged (the classes are subclasses).
     """
-    from diffusers.models.autoencoders.autoencoder_kl_wan import (WanAttentionBlock, WanCausalConv3d, WanRMS_norm,
-                                                                  WanResidualBlock)
-
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanResample
+    from diffusers.models.autoencoders.autoencoder_kl_wan import (WanAttentionBlock, WanCausalConv3d, WanResample,
+                                                                  WanRMS_norm, WanResidualBlock)
 
     fast_norm, frame_conv, skip_residual, skip_attention, sliced_up, pointwise_residual = _fast_classes()
     zero = lambda conv: not conv.weight.detach().any() and (conv.bias is None or not conv.bias.detach().any())  # noqa: E731
@@ -293,7 +291,8 @@ def _fast_classes():
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             up, conv = self[0], self[1]
-            if getattr(up, "mode", None) not in ("nearest", "nearest-exact") or tuple(up.scale_factor) != (2.0, 2.0):
+            scale = up.scale_factor if isinstance(up.scale_factor, (tuple, list)) else (up.scale_factor,) * 2
+            if getattr(up, "mode", None) not in ("nearest", "nearest-exact") or tuple(scale) != (2.0, 2.0):
                 return conv(up(x))
             return sparse_conv2d(x, conv.weight, conv.bias, conv.padding, upsample=True)
 

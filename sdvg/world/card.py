@@ -28,7 +28,7 @@ RESUMABLE = ("vae", "target")  # stages that resume from phase checkpoints in --
 
 def _stage_seconds(rows: list[dict]) -> dict[str, float]:
     """Wall seconds per finished stage, from the run's train_log.jsonl (last run of each stage wins). A stage that
-    resumed from a phase checkpoint logs only its last phases' time, so phases with step rows (vae, vae-sharpen,
+    resumed from a phase checkpoint logs only its last phases' time, so phases with step rows (vae-field, vae-encoder,
     target-refine, ...) are timed from their own last row (seconds per step x steps) and replace their stage's."""
     out = {r["stage"]: r["done_s"] for r in rows if "done_s" in r}
     first: dict[str, float] = {}

@@ -63,6 +63,11 @@ def _fields(scene: Scene, jitters, t: np.ndarray, size: int) -> tuple[torch.Tens
     return d.min(0).values, obj.permute(0, 2, 1).reshape(len(t), 3, size // 8, size // 8)
 
 
+def _subcell_codes(d: torch.Tensor) -> torch.Tensor:
+    """Distances [T, 2h, 2w] in pixels -> the latent's distance channels [4, T, h, w] (truncated, in [-1, 1])."""
+    return _space_to_depth(d.clamp(-SDF_CLIP, SDF_CLIP) / SDF_CLIP)
+
+
 def _space_to_depth(d: torch.Tensor) -> torch.Tensor:
     """[T, 2h, 2w] -> [4, T, h, w] (sub-cell (0,0), (0,1), (1,0), (1,1))."""
     T, H, W = d.shape
@@ -75,9 +80,8 @@ def scene_latents(scene: Scene, jitters, start_frame: int = 0, n_latent: int = 2
     last, first = window_frames(start_frame, n_latent)
     d_end, obj = _fields(scene, jitters, last, size)
     d_start, _ = _fields(scene, jitters, first, size)
-    clip = lambda d: _space_to_depth(d.clamp(-SDF_CLIP, SDF_CLIP) / SDF_CLIP)  # noqa: E731
     bg = torch.tensor(COLOURS[scene.background]).view(3, 1, 1, 1).expand(3, n_latent, size // 8, size // 8)
-    return torch.cat([clip(d_end), clip(d_start), obj.permute(1, 0, 2, 3) * 2 - 1, bg * 2 - 1])
+    return torch.cat([_subcell_codes(d_end), _subcell_codes(d_start), obj.permute(1, 0, 2, 3) * 2 - 1, bg * 2 - 1])
 
 
 def clip_pairs(stream, batch: int, n_latent: int, rng: np.random.Generator):
@@ -107,8 +111,9 @@ def video_latents(stream, n: int) -> tuple[torch.Tensor, list[Scene], list[int]]
 def reference_decode(z: torch.Tensor, first: bool = True) -> torch.Tensor:
     """The latent design's meaning, written out: raw latents [14, n, h, w] -> frames [1 + 4(n-1), 3, 8h, 8w] in
     [0, 1] (or 4n frames when `first` is False). Distances are interpolated linearly in time across the window and
-    bilinearly in space, then thresholded (alpha = clamp(0.5 - d)) and coloured. The trained Wan decoder learns this
-    map and does better at corners; the tests use it to check that the latents carry the video."""
+    bilinearly in space, then thresholded (alpha = clamp(0.5 - d)) and coloured. The world's Wan decoder
+    (`sdvg.world.decoder`) renders the same design with a fitted upsampler; the tests use this one to check that the
+    latents carry the video."""
     import torch.nn.functional as F
 
     C, n, h, w = z.shape
@@ -128,15 +133,16 @@ def field_pairs(stream, batch: int, rng: np.random.Generator, size: int = 64):
     """Batches for fitting the decoder's field upsampler (`sdvg.world.decoder`): (the sub-cell distances a latent
     frame gives one of its window's 4 frames, interpolated in time as the decoder does [B,4,8,8]; that frame's
     target field 0.5 - pixel distance [B,1,64,64])."""
+    lasts, firsts = window_frames(0, 27)
     while True:
         ds, fs = [], []
         for _ in range(batch):
             scene, s = next(stream)
             jit = draw_jitters(len(scene.objects), s)
             i, a = int(rng.integers(1, 27)), float(rng.choice([0.0, 1 / 3, 2 / 3, 1.0]))
-            first, last = 4 * i - 3, 4 * i
-            sub = object_distances(scene, jit, np.array([first, last], np.float64), size).min(0).values
-            sub = _space_to_depth(sub.clamp(-SDF_CLIP, SDF_CLIP) / SDF_CLIP)  # [4,2,h,w]
+            first, last = firsts[i], lasts[i]
+            sub = object_distances(scene, jit, np.array([first, last]), size).min(0).values
+            sub = _subcell_codes(sub)  # [4,2,h,w]
             ds.append((1 - a) * sub[:, 0] + a * sub[:, 1])
             px = object_distances(scene, jit, np.array([first + 3 * a]), size, step=1).min(0).values
             fs.append(0.5 - px)

@@ -38,6 +38,7 @@ _BIG = 1e5  # the constant channel beside the linear pass-through channels
 WIDTHS = (8, 16)  # hidden channels of the field upsampler at 16x16 and 32x32
 DECODER_BASE_DIM = 12
 SNAP_SLOPE = 4.0  # a colour channel (in [-1, 1]) binarises beyond +-0.125; the palette's are beyond +-0.4
+_COL = 8  # first of the 6 snapped colour channels (obj, bg), from the middle block to the 32x32 resample
 _PRE = 27  # first channel of the colour snap's pre-activations in the 48-channel middle block
 
 
@@ -78,7 +79,7 @@ def snap_colours(c: torch.Tensor) -> torch.Tensor:
 
 
 def shade(field: torch.Tensor, obj: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
-    """The per-pixel shading (step 3) in plain PyTorch; field [N,1,H,W], colours [N,3,H,W] in [-1, 1]."""
+    """The per-pixel shading (step 4) in plain PyTorch; field [N,1,H,W], colours [N,3,H,W] in [-1, 1]."""
     gap = K_SHADE * (1 - field.clamp(0, 1))
     v = obj - bg
     return bg + F.relu(v - gap) - F.relu(-v - gap)
@@ -110,15 +111,13 @@ def fit_upsampler(batches, steps: int, lr: float = 3e-3, log=None) -> FieldUpsam
 
 # ---------------------------------------------------------------- into a Wan VAE
 def _eye(dst: torch.Tensor, out0: int, in0: int, n: int, value: float = 1.0) -> None:
-    """dst[out0 + k, in0 + k] = value at the last time tap (if any) and the spatial centre, for k < n."""
-    centre = tuple(s // 2 for s in dst.shape[-2:])
+    """dst[out0 + k, in0 + k] = value at the last time tap (5-D weights) and the spatial centre, for k < n."""
+    cy, cx = (s // 2 for s in dst.shape[-2:])
     for k in range(n):
         if dst.dim() == 5:
-            dst[out0 + k, in0 + k, -1, centre[0], centre[1]] = value
-        elif dst.dim() == 4:
-            dst[out0 + k, in0 + k, centre[0], centre[1]] = value
+            dst[out0 + k, in0 + k, -1, cy, cx] = value
         else:
-            dst[out0 + k, in0 + k] = value
+            dst[out0 + k, in0 + k, cy, cx] = value
 
 
 def _linear_gain(conv) -> float:
@@ -128,7 +127,7 @@ def _linear_gain(conv) -> float:
 
 def _snap_block(res) -> None:
     """Step 3 in a residual block at latent resolution: norm1 + SiLU = the binarising ReLUs, conv1 = the pattern
-    indicators' pre-activations, norm2 + SiLU = their ReLUs, conv2 = the palette colours into channels 21-26."""
+    indicators' pre-activations, norm2 + SiLU = their ReLUs, conv2 = the palette colours into channels _COL.."""
     signs, offsets, cols = _palette()
     c = res.norm1.gamma.shape[0]
     g1 = res.norm1.gamma.view(-1)
@@ -150,7 +149,7 @@ def _snap_block(res) -> None:
     ow = res.conv2.weight[:, :, -1, 1, 1]
     for which in range(2):
         for ch in range(3):
-            ow[8 + 3 * which + ch, 8 * which:8 * which + 8] = cols[:, ch] / SHARP
+            ow[_COL + 3 * which + ch, 8 * which:8 * which + 8] = cols[:, ch] / SHARP
 
 
 @torch.no_grad()
@@ -163,10 +162,10 @@ def write_decoder(vae, up: FieldUpsampler) -> None:
         if name.endswith("gamma"):
             p.fill_(1.0)
     _eye(vae.post_quant_conv.weight, 0, 0, 14)
-    # conv_in: [d_start 0-3 (slot x), d_end 4-7 (slot y), (snapped colours 8-13), obj su + 1/2 and su - 1/2 per channel
+    # conv_in: [d_start 0-3 (slot x), d_end 4-7 (slot y), (snapped colours _COL.._COL+5), obj su + 1/2 and su - 1/2 per channel
     # (s = SNAP_SLOPE) at _PRE.._PRE+5, (the same of the frame's mean bg at _PRE+6..+11), BIG, raw bg]; the latent's
     # order is d_end, d_start, obj, bg. The middle block's attention averages the background over the frame (its
-    # queries and keys are zero: uniform weights), its second residual block snaps both colours into 8-13, where
+    # queries and keys are zero: uniform weights), its second residual block snaps both colours into _COL.., where
     # they stay (the first latent frame skips the time convs, so the layout must not change there).
     _eye(dec.conv_in.weight, 0, 4, 4)
     _eye(dec.conv_in.weight, 4, 0, 4)
@@ -184,7 +183,6 @@ def write_decoder(vae, up: FieldUpsampler) -> None:
             attn.proj.weight[_PRE + 6 + 2 * k + j, k] = SNAP_SLOPE
             attn.proj.bias[_PRE + 6 + 2 * k + j] = off
     _snap_block(dec.mid_block.resnets[1])
-    col = 8
     up0, up1, up2 = (b.upsamplers[0] for b in dec.up_blocks[:3])
     w0, w1 = up.c0.out_channels, up.c1.out_channels
     # up0 time conv: latent frame -> 2 frames, each with slots x, y = the distance at a = (0, 1/3) and (2/3, 1)
@@ -193,13 +191,13 @@ def write_decoder(vae, up: FieldUpsampler) -> None:
         for slot, a in enumerate(pair):
             _eye(tw, frame * half + 4 * slot, 0, 4, 1 - a)
             _eye(tw, frame * half + 4 * slot, 4, 4, a)
-        _eye(tw, frame * half + 8, col, 6)
+        _eye(tw, frame * half + _COL, _COL, 6)
     # up0 resample (16x16): c0 per slot; colours nearest
     rw, rb = up0.resample[1].weight, up0.resample[1].bias
     for slot in range(2):
         rw[slot * w0:(slot + 1) * w0, slot * 4:(slot + 1) * 4] = up.c0.weight
         rb[slot * w0:(slot + 1) * w0] = up.c0.bias
-    _eye(rw, 2 * w0, 8, 6)
+    _eye(rw, 2 * w0, _COL, 6)
     _eye(dec.up_blocks[1].resnets[0].conv_shortcut.weight, 0, 0, 2 * w0 + 6)
     # up1 time conv: even frame keeps slot x, odd frame moves slot y into slot x; colours to both
     tw, half = up1.time_conv.weight, up1.time_conv.weight.shape[0] // 2

@@ -204,8 +204,6 @@ def stage_vae(run: Run) -> None:
             heldout_quality_encoded_decoded=round(float(np.mean(q_enc)), 4))
 
 
-# ---- stage: latents ---------------------------------------------------------------------------------------------
-@torch.no_grad()
 # ---- stages: target, drafter ----------------------------------------------------------------------------------
 def latent_batches(run: Run, name: str, heldout: bool = False, batch: int | None = None):
     """Endless (normalised latents [B,14,27,8,8], prompts) of fresh videos: the latents are analytic (~1 ms per
