@@ -233,7 +233,8 @@ def fast_modules(module: torch.nn.Module) -> int:
     - A residual block whose last conv is all zero, or an attention block whose output projection is (the embedded
       world's VAE is made of such identity blocks): the shortcut alone, skipping the branch that adds exactly zero.
     - Convs (per-frame, and the upsamplers' nearest + conv) on only the input channels they have weights for and
-      the output channels they write (the world's VAE uses a few of Wan's channels); exact for finite inputs.
+      the output channels they write (the world's VAE uses a few of Wan's channels); exact for finite inputs. Each
+      module keeps its plan (which channels and taps its weights use) until a weight changes.
     Parameters, names and state dicts are unchanged (the classes are subclasses).
     """
     from diffusers.models.autoencoders.autoencoder_kl_wan import (WanAttentionBlock, WanCausalConv3d, WanResample,
@@ -274,15 +275,18 @@ def _fast_classes():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             xf = x.float()
             norm = xf.pow(2).sum(1 if self.channel_first else -1, keepdim=True).sqrt().clamp_min(1e-12)
-            return (xf / norm).to(x.dtype) * self.scale * self.gamma + self.bias
+            out = (xf / norm).to(x.dtype) * self.scale * self.gamma
+            return out + self.bias if torch.is_tensor(self.bias) else out  # diffusers' bias-free norm has bias 0.0
 
     class FrameConv(WanCausalConv3d):
         """Only the current-frame taps (the caller guarantees the others are zero); the cache is not needed."""
 
         def forward(self, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
             b, c, t, h, w = x.shape
-            y = sparse_conv2d(x.transpose(1, 2).reshape(b * t, c, h, w), self.weight[:, :, -1], self.bias,
-                              (self._padding[2], self._padding[0]))
+            pad = (self._padding[2], self._padding[0])
+            plan = _memo(self, "conv", lambda: conv_plan(self.weight[:, :, -1], self.bias, pad))
+            y = sparse_conv2d(x.transpose(1, 2).reshape(b * t, c, h, w), self.weight[:, :, -1], self.bias, pad,
+                              plan=plan)
             return y.view(b, t, *y.shape[1:]).transpose(1, 2)
 
     class SlicedUpConv(torch.nn.Sequential):
@@ -294,7 +298,8 @@ def _fast_classes():
             scale = up.scale_factor if isinstance(up.scale_factor, (tuple, list)) else (up.scale_factor,) * 2
             if getattr(up, "mode", None) not in ("nearest", "nearest-exact") or tuple(scale) != (2.0, 2.0):
                 return conv(up(x))
-            return sparse_conv2d(x, conv.weight, conv.bias, conv.padding, upsample=True)
+            plan = _memo(self, "conv", lambda: conv_plan(conv.weight, conv.bias, conv.padding, upsample=True))
+            return sparse_conv2d(x, conv.weight, conv.bias, conv.padding, upsample=True, plan=plan)
 
     class SkipResidual(WanResidualBlock):
         """The shortcut alone (the branch's last conv is zero); its two causal convs' cache slots are stepped over."""
@@ -312,8 +317,11 @@ def _fast_classes():
         def forward(self, x: torch.Tensor, feat_cache=None, feat_idx=[0]) -> torch.Tensor:  # noqa: B006 (diffusers' signature)
             if feat_cache is not None:
                 feat_idx[0] += 2
-            h, rows = _pointwise(x, torch.arange(x.shape[1]), self.norm1, self.conv1)
-            h, rows = _pointwise(h, rows, self.norm2, self.conv2)
+            first = _memo(self, "first", lambda: _pointwise_plan(torch.arange(x.shape[1]), self.norm1, self.conv1))
+            second = _memo(self, "second", lambda: _pointwise_plan(first[1], self.norm2, self.conv2))
+            h = _pointwise(x, *first)
+            h = _pointwise(h, *second)
+            rows = second[1]
             out = x.clone()
             out[:, rows] += h
             return out
@@ -345,20 +353,41 @@ def _written(conv) -> torch.Tensor:
     return w.nonzero().squeeze(1)
 
 
-def _pointwise(x: torch.Tensor, channels: torch.Tensor, norm, conv) -> tuple[torch.Tensor, torch.Tensor]:
-    """conv(SiLU(norm(v))) at the rows the conv writes -> (values, rows), for a conv that reads only the current
-    frame's centre tap; x holds `channels` of v, whose other channels are zero (they add nothing to the norm)."""
-    xf = x.float()
-    scale = xf.pow(2).sum(1, keepdim=True).sqrt().clamp_min(1e-12)
+def _memo(module: torch.nn.Module, key: str, make):
+    """A plan derived from a module's weights (which channels and taps are nonzero, and the weight slices they
+    need), kept on the module until a weight changes (in place, replaced, moved or cast): deriving it takes ~20
+    small ops, more than the sliced convs it plans. Weights that train are sliced afresh every call."""
+    params = list(module.parameters())
+    if any(p.requires_grad for p in params) and torch.is_grad_enabled():
+        return make()
+    stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    memo = module.__dict__.setdefault("_sdvg_plans", {})
+    hit = memo.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = memo[key] = (stamp, make())
+    return hit[1]
+
+
+def _pointwise_plan(channels: torch.Tensor, norm, conv) -> tuple:
+    """(live channels' positions in x, the rows the conv writes, their gains, the conv's centre taps on them, its
+    bias on the rows) for `_pointwise` over an x that holds `channels` of v."""
     gain = norm.gamma.view(-1)[channels]
     live = gain.detach().ne(0).nonzero().squeeze(1)
-    a = F.silu(xf[:, live] / scale * (norm.scale * gain[live]).view(1, -1, 1, 1, 1)).to(x.dtype)
     rows = _written(conv)
     w = conv.weight[rows][:, channels[live], -1, conv.weight.shape[3] // 2, conv.weight.shape[4] // 2]
+    bias = conv.bias[rows].view(1, -1, 1, 1, 1) if conv.bias is not None else None
+    return live, rows, (norm.scale * gain[live]).view(1, -1, 1, 1, 1), w, bias
+
+
+def _pointwise(x: torch.Tensor, live: torch.Tensor, rows: torch.Tensor, gain: torch.Tensor, w: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
+    """conv(SiLU(norm(v))) at the rows the conv writes (`_pointwise_plan`), for a conv that reads only the current
+    frame's centre tap; x holds some channels of v, whose other channels are zero (they add nothing to the norm)."""
+    xf = x.float()
+    scale = xf.pow(2).sum(1, keepdim=True).sqrt().clamp_min(1e-12)
+    a = F.silu(xf[:, live] / scale * gain).to(x.dtype)
     y = torch.einsum("oc,bcthw->bothw", w, a)
-    if conv.bias is not None:
-        y = y + conv.bias[rows].view(1, -1, 1, 1, 1)
-    return y, rows
+    return y + bias if bias is not None else y
 
 
 def _up2(x: torch.Tensor) -> torch.Tensor:
@@ -380,28 +409,22 @@ def _conv_after_up2(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.pixel_shuffle(y, 2)
 
 
-def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding,
-                  upsample: bool = False) -> torch.Tensor:
-    """`conv2d(x, weight, bias)` (after a nearest x2 upsampling of x with `upsample`, as Wan's resample does)
-    computed on the output channels it writes and the input channels it reads, with the inputs read through the
-    centre tap alone as a 1x1 conv (the world's VAE carries a few used channels in Wan's wider layout and passes
-    colours through centre taps). Exact for finite inputs, to fp32 round-off."""
-    before = _up2 if upsample else (lambda v: v)
+def conv_plan(weight: torch.Tensor, bias: torch.Tensor | None, padding, upsample: bool = False) -> list | None:
+    """What `sparse_conv2d` computes for these weights: None for a plain conv, else one (inputs, rows, weight
+    slice, how) per group of inputs: how = "point" (read through the centre tap alone: a 1x1 conv), "up3" (a 3x3
+    conv after the upsampling, folded) or "conv"."""
     wd = weight.detach()
     kh, kw = wd.shape[-2:]
     taps = wd.transpose(0, 1).flatten(2).ne(0)  # [in, out, kh*kw]
     read = taps.any(2).any(1)
     writes = wd.flatten(1).ne(0).any(1) | (bias.detach().ne(0) if bias is not None else False)
     if kh * kw == 1 or (bool(read.all()) and bool(writes.all())):
-        return F.conv2d(before(x), weight, bias, padding=padding)
+        return None
     off_centre = taps.clone()
     off_centre[..., (kh // 2) * kw + kw // 2] = False
     full = off_centre.any(2).any(1)  # inputs read through other taps than the centre
     point = read & ~full
-    scale = 2 if upsample else 1
-    out = x.new_zeros(x.shape[0], weight.shape[0], x.shape[2] * scale, x.shape[3] * scale)
-    if bias is not None:
-        out += bias.view(1, -1, 1, 1)
+    plan = []
     for inputs, pointwise in ((full, False), (point, True)):
         if not bool(inputs.any()):
             continue
@@ -409,8 +432,34 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         rows = taps[idx].any(2).any(0).nonzero().squeeze(1)  # outputs these inputs reach
         w = weight[rows][:, idx]
         if pointwise:  # a 1x1 conv commutes with the nearest upsampling: run it first, on 4x fewer pixels
-            out[:, rows] += before(F.conv2d(x[:, idx], w[:, :, kh // 2:kh // 2 + 1, kw // 2:kw // 2 + 1]))
+            plan.append((idx, rows, w[:, :, kh // 2:kh // 2 + 1, kw // 2:kw // 2 + 1], "point"))
         elif upsample and (kh, kw) == (3, 3) and padding in (1, (1, 1)):
+            plan.append((idx, rows, w, "up3"))
+        else:
+            plan.append((idx, rows, w, "conv"))
+    return plan
+
+
+def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding,
+                  upsample: bool = False, plan: list | None | str = "derive") -> torch.Tensor:
+    """`conv2d(x, weight, bias)` (after a nearest x2 upsampling of x with `upsample`, as Wan's resample does)
+    computed on the output channels it writes and the input channels it reads, with the inputs read through the
+    centre tap alone as a 1x1 conv (the world's VAE carries a few used channels in Wan's wider layout and passes
+    colours through centre taps). Exact for finite inputs, to fp32 round-off. `plan`: `conv_plan` of these weights
+    (derived here when not given)."""
+    before = _up2 if upsample else (lambda v: v)
+    if isinstance(plan, str):
+        plan = conv_plan(weight, bias, padding, upsample)
+    if plan is None:
+        return F.conv2d(before(x), weight, bias, padding=padding)
+    scale = 2 if upsample else 1
+    out = x.new_zeros(x.shape[0], weight.shape[0], x.shape[2] * scale, x.shape[3] * scale)
+    if bias is not None:
+        out += bias.view(1, -1, 1, 1)
+    for idx, rows, w, how in plan:
+        if how == "point":
+            out[:, rows] += before(F.conv2d(x[:, idx], w))
+        elif how == "up3":
             out[:, rows] += _conv_after_up2(x[:, idx], w)
         else:
             out[:, rows] += F.conv2d(before(x[:, idx]), w, None, padding=padding)
