@@ -48,6 +48,22 @@ def _stage_seconds(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+# The quality/speed study on the shipped weights (a separate run, so only the shipped card quotes it; after retraining,
+# rerun it and update these lines and the README's table).
+SHIPPED_BENCH = [
+    "## Benchmark (`sdvg bench --samples 2`: 16 held-out prompts x 2 seeds, 2 CPU cores; the README has the table)",
+    "",
+    "- SDVG keeps 95.7% of target-only quality at 1.82x wall speed (tau 0.297, 74% of drafts accepted) and 99.1% at",
+    "  1.17x (tau 0.484); hybrid (rejected blocks keep 2 drafter steps) 95.7% at 2.08x and 99.4% at 1.58x.",
+    "- Draft-only 86.5% at 4.58x; the target's block 0 then the drafter alone (`first`) 93.2% at 3.48x.",
+    "- SDVG minus random routing at the same accept rate, paired by video and seed: +0.015 [+0.004, +0.030] at tau",
+    "  0.484; the other taus' intervals touch zero.",
+    "- The `relative` router (threshold: the target's own block-0 critic score + an offset) on the first seed's 16",
+    "  videos: 98.9% at 2.01x (offset -0.1), where SDVG's fixed tau gives 96.9% at 1.28x.",
+    "",
+]
+
+
 def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
     m = info["metrics"]
     c = m["cost"]
@@ -106,10 +122,12 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         f"- Target: `WanDiT` {spec.TARGET.dim} wide, {spec.TARGET.num_layers} layers, {spec.TARGET.num_heads} heads "
         f"({c['params_target']:,} parameters).",
         f"- Drafter: `WanDiT` {spec.DRAFTER.dim} wide, {spec.DRAFTER.num_layers} layers, {spec.DRAFTER.num_heads} heads "
-        f"({c['params_drafter']:,} parameters), on the frozen text encoder, for {info['budget']['drafter_steps']} "
-        "steps. That budget sets its gap to the target: this toy task saturates small models, and trained for 6000",
-        "  steps the drafter scored above the half-depth target (0.62 vs 0.56 on 16 held-out prompts); trained for",
-        "  2000 it scored 75% of the target and failed mostly in motion, which no one-frame critic can see.",
+        f"({c['params_drafter']:,} parameters), on the frozen text encoder,",
+        f"  for {info['budget']['drafter_steps']} steps. That budget sets its gap to the target: this toy task "
+        "saturates small models, and",
+        "  trained for 6000 steps the drafter scored above the half-depth target (0.62 vs 0.56 on 16 held-out",
+        "  prompts); trained for 2000 it scored 75% of the target and failed mostly in motion, which no one-frame",
+        "  critic can see.",
         "- DiT recipe: block-causal teacher forcing on fresh videos every step (the latents are analytic, ~1 ms per",
         "  video; with a fixed set of 1024 videos the target scored 0.66 on train prompts but 0.46 held-out). For a",
         "  random block b, blocks 0..b-1 at t=0 (as the append cache commits them) with a little noise (std up to 0.2,",
@@ -127,7 +145,8 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  target should against the drafter and the decode + critic (Cost below), for a fraction of the training time",
         "  of a deep model from scratch. No distillation stage: with distance-field latents and a decoder that",
         "  thresholds them, the 4-step sampler's final x0 prediction (a conditional mean) renders sharp. Both sample",
-        "  with sdvg's 4-step sampler and block-causal KV cache. Weights: plain safetensors in the original Wan2.1 key naming.",
+        "  with sdvg's 4-step sampler and block-causal KV cache. Weights: plain safetensors in the original Wan2.1 key",
+        "  naming (the target in float16, as Wan releases ship).",
         "- Critic (router scorer, `sdvg/world/critic.py`): a FiLM CNN over one frame and the parsed prompt, trained to",
         "  regress the evaluator's quality of the block the frame belongs to, on decoded rollouts of both models and",
         "  real videos, near-miss prompts and pixel corruptions (blur, noise, colour shift, smear, objects fading out).",
@@ -173,6 +192,7 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
            "The last frame of each block: target-only, draft-only, and SDVG at the default tau (bar under a block:",
            f"green = draft accepted, red = made by the target). SDVG's blocks: `{m['strip']['sdvg_blocks']}`"
            " (- = block 0, always the target's).", ""] if "strip" in m else []),
+        *(SHIPPED_BENCH if path == CARD else []),
         "## Files",
         f"Total safetensors: {total / 2**20:.1f} MiB.",
         "",
