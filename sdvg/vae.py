@@ -318,7 +318,7 @@ def _fast_classes():
             if feat_cache is not None:
                 feat_idx[0] += 2
             first = _memo(self, "first", lambda: _pointwise_plan(torch.arange(x.shape[1]), self.norm1, self.conv1))
-            second = _memo(self, "second", lambda: _pointwise_plan(first[1], self.norm2, self.conv2))
+            second = _memo(self, "second", lambda: _pointwise_plan(_written(self.conv1), self.norm2, self.conv2))
             h = _pointwise(x, *first)
             h = _pointwise(h, *second)
             rows = second[1]
@@ -376,11 +376,19 @@ def _pointwise_plan(channels: torch.Tensor, norm, conv) -> tuple:
     rows = _written(conv)
     w = conv.weight[rows][:, channels[live], -1, conv.weight.shape[3] // 2, conv.weight.shape[4] // 2]
     bias = conv.bias[rows].view(1, -1, 1, 1, 1) if conv.bias is not None else None
-    return live, rows, (norm.scale * gain[live]).view(1, -1, 1, 1, 1), w, bias
+    return _as_index(live), _as_index(rows), (norm.scale * gain[live]).view(1, -1, 1, 1, 1), w, bias
 
 
-def _pointwise(x: torch.Tensor, live: torch.Tensor, rows: torch.Tensor, gain: torch.Tensor, w: torch.Tensor,
-               bias: torch.Tensor | None) -> torch.Tensor:
+def _as_index(idx: torch.Tensor) -> torch.Tensor | slice:
+    """Channel indices as a slice when they are a run (a view instead of a gather: same values, no copy)."""
+    n = idx.numel()
+    if n and bool((idx == torch.arange(int(idx[0]), int(idx[0]) + n)).all()):
+        return slice(int(idx[0]), int(idx[0]) + n)
+    return idx
+
+
+def _pointwise(x: torch.Tensor, live: torch.Tensor | slice, rows: torch.Tensor | slice, gain: torch.Tensor,
+               w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """conv(SiLU(norm(v))) at the rows the conv writes (`_pointwise_plan`), for a conv that reads only the current
     frame's centre tap; x holds some channels of v, whose other channels are zero (they add nothing to the norm)."""
     xf = x.float()
@@ -431,6 +439,7 @@ def conv_plan(weight: torch.Tensor, bias: torch.Tensor | None, padding, upsample
         idx = inputs.nonzero().squeeze(1)
         rows = taps[idx].any(2).any(0).nonzero().squeeze(1)  # outputs these inputs reach
         w = weight[rows][:, idx]
+        idx, rows = _as_index(idx), _as_index(rows)
         if pointwise:  # a 1x1 conv commutes with the nearest upsampling: run it first, on 4x fewer pixels
             plan.append((idx, rows, w[:, :, kh // 2:kh // 2 + 1, kw // 2:kw // 2 + 1], "point"))
         elif upsample and (kh, kw) == (3, 3) and padding in (1, (1, 1)):
