@@ -123,8 +123,8 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         f"({c['params_target']:,} parameters).",
         f"- Drafter: `WanDiT` {spec.DRAFTER.dim} wide, {spec.DRAFTER.num_layers} layers, {spec.DRAFTER.num_heads} heads "
         f"({c['params_drafter']:,} parameters), on the frozen text encoder,",
-        f"  for {info['budget']['drafter_steps']} steps. That budget sets its gap to the target: this toy task "
-        "saturates small models, and",
+        f"  for {info['budget']['drafter_steps']} steps. That budget sets its gap to the target: this toy task saturates"
+        " small models, and",
         "  trained for 6000 steps the drafter scored above the half-depth target (0.62 vs 0.56 on 16 held-out",
         "  prompts); trained for 2000 it scored 75% of the target and failed mostly in motion, which no one-frame",
         "  critic can see.",

@@ -47,8 +47,8 @@ class Budget:
     eval_prompts: int = 12
 
 
-QUICK = Budget(field_steps=4, encoder_steps=2, target_steps=3, target_refine_steps=2, target_role_steps=2, target_deep_steps=2,
-               drafter_steps=2, dit_batch=2, critic_rollouts=2, critic_steps=3, eval_prompts=2)
+QUICK = Budget(field_steps=4, encoder_steps=2, target_steps=3, target_refine_steps=2, target_role_steps=2,
+               target_deep_steps=2, drafter_steps=2, dit_batch=2, critic_rollouts=2, critic_steps=3, eval_prompts=2)
 
 
 class Run:
@@ -409,10 +409,8 @@ def stage_target(run: Run) -> None:
 
 def stage_drafter(run: Run) -> None:
     """The drafter: the same recipe for a 3-layer, 96-wide DiT (the model card's Cost: its multiply-adds and wall
-    time against the target's), on the frozen text encoder. Its budget sets the drafter/target gap: this toy task
-    saturates small models, and with 6000 steps the drafter scored above the half-depth target (0.62 vs 0.56 on 16
-    held-out prompts, 0.80 vs 0.76 on 12 train prompts); with 2000 it scored 75% of the target, failing mostly in
-    motion, which no one-frame critic sees."""
+    time against the target's), on the frozen text encoder. Its step budget sets the drafter/target gap: this toy
+    task saturates small models (the model card's Drafter line gives what 2000 and 6000 steps measured)."""
     train_dit(run, "drafter", spec.DRAFTER, run.budget.drafter_steps, 3e-3, train_text=False)
 
 
