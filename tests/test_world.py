@@ -103,6 +103,26 @@ def test_critic_shapes():
         c.score(torch.rand(1, 3, 64, 64), "a red dog")
 
 
+def test_critic_folded_film_is_the_trained_net():
+    """The scorer's path (one prompt: FiLM folded into the convolutions, absent colours skipped) computes what the
+    training path (a prompt per frame) does, to fp32 round-off, and frames in a batch do not mix."""
+    from sdvg.world.critic import CriticNet, prompt_features
+    from sdvg.world.grammar import parse
+
+    torch.manual_seed(0)
+    net = CriticNet().eval()
+    f = torch.rand(5, 3, 64, 64)
+    scenes = [parse("a red circle on a white background"), parse("a big blue square that turns green")]
+    (v1, p1), (v2, p2) = (prompt_features(s) for s in scenes)
+    with torch.no_grad():
+        one = net(f, v1[None], p1[None])
+        per_frame = net(f, v1.expand(5, -1), p1.expand(5, -1, -1))
+        mixed = net(f[:2], torch.stack([v1, v2]), torch.stack([p1, p2]))
+        alone = net(f[1:2], v2[None], p2[None])
+    torch.testing.assert_close(one, per_frame, rtol=0, atol=1e-6)
+    torch.testing.assert_close(mixed, torch.cat([one[:1], alone]), rtol=0, atol=1e-6)
+
+
 def test_text_encoder_zeroes_padding(tmp_path):
     from sdvg.world.text import WorldTextEncoder, build_encoder, build_tokenizer
 

@@ -49,11 +49,20 @@ def prompt_features(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
     return v, pal
 
 
-def colour_maps(frames: torch.Tensor, pal: torch.Tensor) -> torch.Tensor:
-    """[N,3,H,W] x [N,5,3] -> [N,5,H,W] RGB distance of every pixel to each prompt colour (2.0 where absent)."""
-    # written out: torch's vector norm over a strided dim is ~10x slower on CPU than the sum of squares
-    d = (frames.unsqueeze(1) - pal.nan_to_num(9.0).view(*pal.shape, 1, 1)).pow(2).sum(2).sqrt()
-    return d.clamp(max=2.0)
+def net_input(frames: torch.Tensor, pal: torch.Tensor) -> torch.Tensor:
+    """Frames [N,3,H,W] in [0,1] and palettes [N or 1,5,3] -> the CNN's input [N,8,H,W]: the frames in [-1,1] and
+    every pixel's RGB distance to each prompt colour (2.0 where absent), laid out channels-last (the CPU convolution
+    runs ~3x faster on 8 input channels that way)."""
+    n, k = frames.shape[0], pal.shape[1]
+    x = torch.full((n, 3 + k, *frames.shape[2:]), 2.0, dtype=frames.dtype, device=frames.device).contiguous(
+        memory_format=torch.channels_last)
+    x[:, :3] = frames * 2 - 1
+    used = (~pal.isnan().any(-1)).any(0).nonzero().flatten().tolist()  # colours absent from every palette stay 2.0
+    p = pal[:, used].nan_to_num(9.0)[..., None, None]
+    # one colour channel at a time: a norm over a strided dim of a broadcast tensor is ~5x slower on a CPU
+    d2 = sum((frames[:, None, c] - p[:, :, c]).square() for c in range(3))
+    x[:, [3 + i for i in used]] = d2.sqrt().clamp(max=2.0)
+    return x
 
 
 class CriticNet(nn.Module):
@@ -68,11 +77,20 @@ class CriticNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(2 * w * 2 + COND_DIM, 64), nn.SiLU(), nn.Linear(64, 1))
 
     def forward(self, frames: torch.Tensor, cond: torch.Tensor, pal: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([frames * 2 - 1, colour_maps(frames, pal)], 1)
+        """frames [N,3,64,64] in [0,1]; cond [N or 1, COND_DIM] and pal [N or 1, 5, 3] (`prompt_features`). With one
+        prompt for all frames (the scorer's case) FiLM is folded into each convolution's weights: the same maths to
+        fp32 round-off, and the product never touches the feature maps."""
+        x = net_input(frames, pal)
+        one = cond.shape[0] == 1
         for conv, film in zip(self.convs, self.film):
             g, b = film(cond).chunk(2, -1)
-            x = F.silu(conv(x) * (1 + g[..., None, None]) + b[..., None, None])
-        pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3)), cond], -1)
+            if one:
+                x = F.conv2d(x, conv.weight * (1 + g[0]).view(-1, 1, 1, 1), conv.bias * (1 + g[0]) + b[0],
+                             stride=conv.stride, padding=conv.padding)
+            else:
+                x = conv(x) * (1 + g[..., None, None]) + b[..., None, None]
+            x = F.silu(x)
+        pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3)), cond.expand(x.shape[0], -1)], -1)
         return self.head(pooled).squeeze(-1)
 
 
@@ -99,9 +117,8 @@ class WorldCritic:
         if frames.dim() != 4 or frames.shape[1] != 3:
             raise ValueError(f"expected frames [F,3,H,W], got shape {tuple(frames.shape)}")
         v, pal = prompt_features(parse(prompt))
-        n = frames.shape[0]
         f = frames.to(self.device, self.dtype).clamp(0, 1)
         if f.shape[-2:] != (64, 64):
             f = F.interpolate(f, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
-        out = self.net(f, v.to(f).expand(n, -1), pal.to(f).expand(n, -1, -1))
+        out = self.net(f, v.to(f)[None], pal.to(f)[None])
         return out.float().cpu()
