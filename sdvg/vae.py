@@ -272,10 +272,21 @@ def _fast_classes():
                                                                   WanResidualBlock)
 
     class FastRMSNorm(WanRMS_norm):
+        """Bias-free and channel-first with some zero gains (the world's decoder reads 3 of norm_out's 12 channels):
+        the other channels are written as zeros, not computed."""
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             xf = x.float()
             norm = xf.pow(2).sum(1 if self.channel_first else -1, keepdim=True).sqrt().clamp_min(1e-12)
-            out = (xf / norm).to(x.dtype) * self.scale * self.gamma
+            live = None
+            if self.channel_first and not torch.is_tensor(self.bias) and not (
+                    torch.is_grad_enabled() and self.gamma.requires_grad):  # a zero gain still learns
+                live = _memo(self, "live", lambda: _as_index(self.gamma.detach().view(-1).ne(0).nonzero().squeeze(1)))
+            if live is not None and not (isinstance(live, slice) and live == slice(0, x.shape[1])):
+                out = x.new_zeros(x.shape)
+                out[:, live] = (xf[:, live] / norm).to(x.dtype).mul_(self.scale).mul_(self.gamma[live])
+                return out
+            out = (xf / norm).to(x.dtype).mul_(self.scale).mul_(self.gamma)
             return out + self.bias if torch.is_tensor(self.bias) else out  # diffusers' bias-free norm has bias 0.0
 
     class FrameConv(WanCausalConv3d):
@@ -393,9 +404,9 @@ def _pointwise(x: torch.Tensor, live: torch.Tensor | slice, rows: torch.Tensor |
     frame's centre tap; x holds some channels of v, whose other channels are zero (they add nothing to the norm)."""
     xf = x.float()
     scale = xf.pow(2).sum(1, keepdim=True).sqrt().clamp_min(1e-12)
-    a = F.silu(xf[:, live] / scale * gain).to(x.dtype)
+    a = F.silu((xf[:, live] / scale).mul_(gain), inplace=True).to(x.dtype)  # in place: full-size frames, ~1.5 MB each
     y = torch.einsum("oc,bcthw->bothw", w, a)
-    return y + bias if bias is not None else y
+    return y.add_(bias) if bias is not None else y
 
 
 def _up2(x: torch.Tensor) -> torch.Tensor:
@@ -408,19 +419,23 @@ _FOLD = torch.tensor([[[1.0, 0, 0], [0, 1, 1], [0, 0, 0]],   # parity 0: low-res
                       [[0, 0, 0], [1, 1, 0], [0, 0, 1]]])  # parity 1
 
 
-def _conv_after_up2(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """conv3x3(nearest x2 (x), padding 1) without building the upsampled input: each output parity (a, b) is a 3x3
-    conv of x with the taps folded onto the low-resolution offsets they land on, then a pixel shuffle."""
+def _fold_up2(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 conv's taps [O, I, 3, 3] folded for `_conv_after_up2` [4O, I, 3, 3]: each output parity (a, b) gets
+    the taps that land on each low-resolution offset after a nearest x2 upsampling."""
     fold = _FOLD.to(weight)
-    k = torch.einsum("ayi,bxj,ocij->oabcyx", fold, fold, weight)  # [O, 2, 2, I, 3, 3]
-    y = F.conv2d(x, k.reshape(-1, *weight.shape[1:]), padding=1)
-    return F.pixel_shuffle(y, 2)
+    return torch.einsum("ayi,bxj,ocij->oabcyx", fold, fold, weight).reshape(-1, *weight.shape[1:])
+
+
+def _conv_after_up2(x: torch.Tensor, folded: torch.Tensor) -> torch.Tensor:
+    """conv3x3(nearest x2 (x), padding 1) without building the upsampled input: a 3x3 conv of x with the folded
+    taps (`_fold_up2`), one output per parity, then a pixel shuffle."""
+    return F.pixel_shuffle(F.conv2d(x, folded, padding=1), 2)
 
 
 def conv_plan(weight: torch.Tensor, bias: torch.Tensor | None, padding, upsample: bool = False) -> list | None:
     """What `sparse_conv2d` computes for these weights: None for a plain conv, else one (inputs, rows, weight
     slice, how) per group of inputs: how = "point" (read through the centre tap alone: a 1x1 conv), "up3" (a 3x3
-    conv after the upsampling, folded) or "conv"."""
+    conv after the upsampling, its taps folded by `_fold_up2`) or "conv"."""
     wd = weight.detach()
     kh, kw = wd.shape[-2:]
     taps = wd.transpose(0, 1).flatten(2).ne(0)  # [in, out, kh*kw]
@@ -443,7 +458,7 @@ def conv_plan(weight: torch.Tensor, bias: torch.Tensor | None, padding, upsample
         if pointwise:  # a 1x1 conv commutes with the nearest upsampling: run it first, on 4x fewer pixels
             plan.append((idx, rows, w[:, :, kh // 2:kh // 2 + 1, kw // 2:kw // 2 + 1], "point"))
         elif upsample and (kh, kw) == (3, 3) and padding in (1, (1, 1)):
-            plan.append((idx, rows, w, "up3"))
+            plan.append((idx, rows, _fold_up2(w), "up3"))
         else:
             plan.append((idx, rows, w, "conv"))
     return plan

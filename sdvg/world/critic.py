@@ -117,7 +117,7 @@ class WorldCritic:
         if frames.dim() != 4 or frames.shape[1] != 3:
             raise ValueError(f"expected frames [F,3,H,W], got shape {tuple(frames.shape)}")
         v, pal = prompt_features(parse(prompt))
-        f = frames.to(self.device, self.dtype).clamp(0, 1)
+        f = frames.to(self.device, self.dtype).clamp(0, 1).contiguous()  # decoded frames arrive as a permuted view
         if f.shape[-2:] != (64, 64):
             f = F.interpolate(f, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
         out = self.net(f, v.to(f)[None], pal.to(f)[None])
