@@ -218,6 +218,23 @@ def test_dit_training_step_on_tiny_model():
     assert torch.isfinite(loss) and dit.patch_embedding.weight.grad is not None
 
 
+def test_encoder_loss_weights_follow_what_the_decoder_draws():
+    """The encoder's regression weighs distances near an outline up, and object colours only where an object is:
+    on a rendered clip, the weights are largest at the edge cells and the colour weight is low far from the shape."""
+    from sdvg.world.data import scene_latents
+    from sdvg.world.train import encoder_loss_weights
+
+    _, info = render("a big red square standing still on a blue background", 5, seed=0)
+    z = scene_latents(info.scene, info.jitters, n_latent=2)[None]
+    w = encoder_loss_weights(z)
+    edge = z[:, :8].abs() < 0.5
+    assert edge.any() and (~edge).any()
+    assert (w[:, :8][edge] > w[:, :8][~edge].max()).all() and (w[:, 11:] == 1).all()
+    far = z[:, :8].amin(1) >= 0.75  # cells whose every sub-cell is over 6 px from the square, in both frames
+    assert far.any() and (~far).any()
+    assert w[:, 8][far].max() < w[:, 8][~far].min()
+
+
 def test_deepened_target_computes_the_trained_one():
     """`deepen` (the target's last training phase starts from it): twice the layers, the same output, and the new
     layers train (their zero output projections get gradients)."""

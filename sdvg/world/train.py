@@ -138,6 +138,22 @@ def window_local_encoder(encoder) -> None:
             m.weight.register_hook(lambda g, mask=mask: g * mask)
 
 
+EDGE_WEIGHT = 4.0  # extra weight of the distances within 4 px of an outline
+
+
+def encoder_loss_weights(z: torch.Tensor) -> torch.Tensor:
+    """Per-element weights of the encoder's regression of raw latents z [B,14,T,h,w], by what the decoder draws from
+    them: distances near an outline (where a shape's edge and corners are placed) count 1 + EDGE_WEIGHT; object
+    colours count 1 in cells an object reaches and 0.1 elsewhere (the decoder never shows them there, and far from
+    an object the encoder cannot see whose colour is nearest). Pixels encoded then decoded: 0.693 unweighted, 0.757
+    so; with the near colours weighted like the outlines, 0.737 (the colours gained less than the shapes lost)."""
+    w = torch.ones_like(z)
+    w[:, :8] += EDGE_WEIGHT * (z[:, :8].abs() < 0.5).float()
+    near = (z[:, :8].amin(1, keepdim=True) < 0.75).float()  # within 6 px of a sub-cell centre, in either frame
+    w[:, 8:11] = 0.1 + 0.9 * near
+    return w
+
+
 def train_encoder(run: Run, vae) -> None:
     """The encoder (and quant_conv) regress the designed latents of rendered clips from their pixels."""
     b = run.budget
@@ -153,8 +169,9 @@ def train_encoder(run: Run, vae) -> None:
             g["lr"] = lr_at(step, b.encoder_steps, ENCODER_LR)
         x, z = clip_pairs(stream, b.vae_batch, b.vae_latents, rng)
         post = vae.encode(x).latent_dist
-        err = (((post.mean - z) / s5) ** 2).mean()
-        loss = err + ((post.logvar - 2 * math.log(0.1) - 2 * torch.log(s5)) ** 2).mean() * 0.01
+        sq = ((post.mean - z) / s5) ** 2
+        err, w = sq.mean(), encoder_loss_weights(z)
+        loss = (w * sq).mean() / w.mean() + ((post.logvar - 2 * math.log(0.1) - 2 * torch.log(s5)) ** 2).mean() * 0.01
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
