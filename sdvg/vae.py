@@ -275,14 +275,20 @@ def _fast_classes():
         """Bias-free and channel-first with some zero gains (the world's decoder reads 3 of norm_out's 12 channels):
         the other channels are written as zeros, not computed."""
 
+        def live_channels(self) -> torch.Tensor | slice | None:
+            """The channels with a nonzero gain, or None when that is all of them."""
+            g = self.gamma.detach().view(-1)
+            live = _as_index(g.ne(0).nonzero().squeeze(1))
+            return None if isinstance(live, slice) and live == slice(0, g.numel()) else live
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             xf = x.float()
             norm = xf.pow(2).sum(1 if self.channel_first else -1, keepdim=True).sqrt().clamp_min(1e-12)
             live = None
             if self.channel_first and not torch.is_tensor(self.bias) and not (
                     torch.is_grad_enabled() and self.gamma.requires_grad):  # a zero gain still learns
-                live = _memo(self, "live", lambda: _as_index(self.gamma.detach().view(-1).ne(0).nonzero().squeeze(1)))
-            if live is not None and not (isinstance(live, slice) and live == slice(0, x.shape[1])):
+                live = _memo(self, "live", self.live_channels)
+            if live is not None:
                 out = x.new_zeros(x.shape)
                 out[:, live] = (xf[:, live] / norm).to(x.dtype).mul_(self.scale).mul_(self.gamma[live])
                 return out

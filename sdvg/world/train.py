@@ -427,7 +427,7 @@ def stage_target(run: Run) -> None:
 def stage_drafter(run: Run) -> None:
     """The drafter: the same recipe for a 3-layer, 96-wide DiT (the model card's Cost: its multiply-adds and wall
     time against the target's), on the frozen text encoder. Its step budget sets the drafter/target gap: this toy
-    task saturates small models (the model card's Drafter line gives what 2000 and 6000 steps measured)."""
+    task saturates small models (the model card's Drafter line gives what 2500 and 6000 steps measured)."""
     train_dit(run, "drafter", spec.DRAFTER, run.budget.drafter_steps, 3e-3, train_text=False)
 
 
