@@ -306,16 +306,35 @@ def test_must_show_on_heldout_prompts():
 
 
 def test_training_recipe_quick_end_to_end(tmp_path):
-    """The whole training script on its --quick budget (every stage, a few steps each), then the result loads and
-    generates through the real pipeline: the recipe cannot rot unnoticed."""
+    """The whole training script on its --quick budget (every stage, a few steps each, scheduled side by side as on
+    the 2-core machine), then the result loads and generates through the real pipeline: the recipe cannot rot
+    unnoticed."""
+    from sdvg.io import read_jsonl
     from sdvg.world import load_world
     from sdvg.world.train import generate, main
 
     out = tmp_path / "weights"
-    main(["--quick", "--out", str(out), "--work", str(tmp_path / "work"), "--threads", "1"])
+    main(["--quick", "--out", str(out), "--work", str(tmp_path / "work"), "--threads", "2", "--parallel"])
+    rows = [r for r in read_jsonl(out / "train_log.jsonl") if r["stage"] == "parallel"]
+    assert [r["started"] for r in rows if "started" in r][:2] == ["vae", "target"]  # side by side, one core each
+    assert {r["threads"] for r in rows if r.get("started") in ("vae", "target")} == {1}
     for f in ("target.safetensors", "drafter.safetensors", "critic.safetensors", "vae", "text_encoder", "world.json",
               "MODEL_CARD.md", "strip.png", "train_log.jsonl"):
         assert (out / f).exists(), f
     w = load_world(weights=out)
     frames, trace = generate(w, "a red circle moving down", "sdvg", seed=0, scorer=w.scorer, tau=w.default_tau)
     assert frames.shape == (w.video.num_frames, 3, 64, 64) and len(trace.blocks) == w.video.num_blocks
+
+
+def test_parallel_training_shares_threads_and_stops_on_a_failed_stage(tmp_path):
+    """The scheduler splits the thread budget among running stages and never runs more stages than threads; a stage
+    that fails (here: the drafter without the target's text encoder) stops the run with a message naming it."""
+    from sdvg.world.parallel import run_stages, shares
+
+    assert shares(["vae", "target"], 2) == {"vae": 1, "target": 1} and shares(["target"], 2) == {"target": 2}
+    assert shares(["vae", "target"], 3) == {"vae": 2, "target": 1}
+    log = []
+    with pytest.raises(SystemExit, match="stage 'drafter' failed"):
+        run_stages(["drafter"], ["--quick", "--out", str(tmp_path / "w"), "--work", str(tmp_path / "work")], 2,
+                   tmp_path, lambda *a, **k: log.append(k))
+    assert log == [{"started": "drafter", "threads": 2}]

@@ -1,10 +1,12 @@
 """Train every weight of the embedded world from one seed, on a CPU.
 
-    python -m sdvg.world.train --out sdvg/world/weights --seed 0 [--stages vae,latents,target,drafter,critic,card]
+    python -m sdvg.world.train --out sdvg/world/weights --seed 0 [--stages vae,target,drafter,critic,card]
+                               [--threads 2 --parallel]
 
-Stages run in order and each writes its result before the next starts, so a failed late stage is rerun alone
-(`--stages critic,card`); intermediates (latents, rollouts) live in --work. Every stage seeds torch, numpy and
-random from (seed, stage name), so a stage gives the same weights whether run alone or in the full chain.
+Stages run in order (with `--parallel`, side by side as `sdvg.world.parallel.NEEDS` allows) and each writes its
+result before the next starts, so a failed late stage is rerun alone (`--stages critic,card`); intermediates
+(latents, rollouts) live in --work. Every stage seeds torch, numpy and random from (seed, stage name), so a stage
+gives the same weights whether run alone or in the full chain.
 Metrics go to stdout and to <out>/train_log.jsonl.
 """
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Run:
         work.mkdir(parents=True, exist_ok=True)
         self.log_path = out / "train_log.jsonl"
         self.t0 = time.time()
+        self.shares: tuple[Path, str] | None = None  # (threads.json, this stage) when run by `--parallel`
 
     def seed_stage(self, name: str) -> np.random.Generator:
         s = derive_seed("world", self.seed, name)
@@ -68,9 +71,17 @@ class Run:
         return np.random.default_rng(s)
 
     def log(self, stage: str, **metrics) -> None:
+        """Print and append a metrics row; under `--parallel` also where a stage takes its current thread share
+        (every training loop logs every few dozen steps)."""
         row = {"stage": stage, "t": round(time.time() - self.t0, 1), **metrics}
         print(json.dumps(row), flush=True)
         append_jsonl(self.log_path, row)
+        if self.shares is not None:
+            from sdvg.world.parallel import read_share
+
+            n = read_share(*self.shares)
+            if n is not None and n != torch.get_num_threads():
+                torch.set_num_threads(n)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int = 20) -> float:
@@ -725,6 +736,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="1 (as shipped) gives bit-identical reruns; more threads are faster but round differently "
                         "from run to run in the DiT stages")
+    p.add_argument("--parallel", action="store_true",
+                   help="run independent stages side by side, sharing --threads among them (fastest on 2+ cores; "
+                        "not bit-reproducible): `--threads 2 --parallel` trains everything in ~105 min on 2 cores")
+    p.add_argument("--thread-shares", default=None, help=argparse.SUPPRESS)  # set by --parallel for its children
     p.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test of the script)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -735,12 +750,21 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         sys.exit(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    stages = [s for s in STAGES if s in stages]
     run.log("start", seed=args.seed, stages=stages, budget=asdict(run.budget), threads=args.threads,
-            torch=torch.__version__)
-    for s in [s for s in STAGES if s in stages]:
-        t = time.time()
-        STAGES[s](run)
-        run.log(s, done_s=round(time.time() - t, 1))
+            parallel=args.parallel, torch=torch.__version__)
+    if args.parallel:
+        from sdvg.world.parallel import run_stages
+
+        child = ["--out", str(out), "--work", str(work), "--seed", str(args.seed)] + ["--quick"] * args.quick
+        run_stages(stages, child, args.threads, work, run.log)
+    else:
+        if args.thread_shares:
+            run.shares = (Path(args.thread_shares), stages[0])
+        for s in stages:
+            t = time.time()
+            STAGES[s](run)
+            run.log(s, done_s=round(time.time() - t, 1))
     run.log("end", total_s=round(time.time() - run.t0, 1))
 
 
