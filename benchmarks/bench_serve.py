@@ -77,7 +77,7 @@ def main() -> None:
 
     from sdvg.loading import load_world_models
     from sdvg.serve import encode_frames
-    from sdvg.world.train import STRIP_PROMPT
+    from sdvg.world.measure import STRIP_PROMPT
 
     models = load_world_models()
     out = models.pipeline()(STRIP_PROMPT, seed=0)

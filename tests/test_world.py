@@ -286,7 +286,7 @@ def test_must_show_on_heldout_prompts():
     wrongly and the drafter does not, accepted drafts help), and the critic's min-frame block score rank-correlated
     with the evaluator's block quality on draft blocks."""
     from sdvg.world import load_world, read_prompts
-    from sdvg.world.train import generate, spearman
+    from sdvg.world.measure import generate, spearman
 
     w = load_world()
     q: dict[str, list[float]] = {"target": [], "draft": [], "sdvg": []}
@@ -311,7 +311,8 @@ def test_training_recipe_quick_end_to_end(tmp_path):
     unnoticed."""
     from sdvg.io import read_jsonl
     from sdvg.world import load_world
-    from sdvg.world.train import generate, main
+    from sdvg.world.measure import generate
+    from sdvg.world.train import main
 
     out = tmp_path / "weights"
     main(["--quick", "--out", str(out), "--work", str(tmp_path / "work"), "--threads", "2", "--parallel"])

@@ -1,0 +1,184 @@
+"""The trained world measured: the `card` stage of `sdvg.world.train` (held-out quality of target-only, draft-only
+and SDVG, the critic's ranking of draft blocks, the costs per block, the frame strip), written to world.json and, by
+`sdvg.world.card`, to the model card."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import TYPE_CHECKING
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdvg.seeding import derive_seed, video_seed
+from sdvg.world import spec
+
+if TYPE_CHECKING:
+    from sdvg.world.train import Run
+
+
+def generate(models, prompt: str, mode: str, seed: int, num_blocks: int | None = None, scorer=None,
+             tau: float | None = None):
+    """One video of the world's model set (`load_world`) through `ModelSet.pipeline` (draft-only, target-only or
+    SDVG with `scorer` at `tau`) -> (frames [T,3,H,W], trace)."""
+    from dataclasses import replace
+
+    video = models.video if num_blocks is None else replace(models.video, num_blocks=num_blocks)
+    pipe = replace(models, scorer=scorer, video=video).pipeline(router="threshold" if mode == "sdvg" else None,
+                                                                tau=tau)
+    out = pipe(prompt, mode=mode, seed=seed)
+    return out.frames, out.trace
+
+
+def spearman(a, b) -> float:
+    ra = np.argsort(np.argsort(np.asarray(a, dtype=np.float64)))
+    rb = np.argsort(np.argsort(np.asarray(b, dtype=np.float64)))
+    return float(np.corrcoef(ra, rb)[0, 1]) if len(ra) > 2 else float("nan")
+
+
+def forward_cost(world) -> dict:
+    """FLOP ratio and measured wall-time ratio of one cached block forward (the 5th block, 12 frames of context)."""
+    from sdvg.cache import KVCache
+
+    out = {}
+    video = world.video
+    keys = video.frames_per_block * 5 * video.tokens_per_frame
+    ft, fd = (spec.dit_flops_per_token(c, keys) for c in (spec.TARGET, spec.DRAFTER))
+    out["flops_per_token_target"], out["flops_per_token_drafter"] = ft, fd
+    out["flop_ratio"] = round(ft / fd, 2)
+    ctx = world.text_encoder.encode(["a red circle moving right on a blue background"])
+    times = {}
+    for name, dit in (("target", world.target), ("drafter", world.drafter)):
+        cache = KVCache(dit.cfg, video.latent_frames, video.tokens_per_frame, 1, "cpu", torch.float32)
+        x = torch.randn(1, spec.Z_DIM, 12, *video.latent_hw)
+        with torch.no_grad():
+            dit(x, torch.zeros(1, 12), ctx, cache=cache, start_frame=0, block_frames=3)
+            xb = torch.randn(1, spec.Z_DIM, 3, *video.latent_hw)
+            best = float("inf")
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    dit(xb, torch.full((1, 3), 625.0), ctx, cache=cache, start_frame=12)
+                best = min(best, (time.perf_counter() - t0) / 10)
+        times[name] = best
+        out[f"params_{name}"] = sum(p.numel() for p in dit.parameters())
+    out["ms_target"], out["ms_drafter"] = round(times["target"] * 1e3, 3), round(times["drafter"] * 1e3, 3)
+    out["time_ratio"] = round(times["target"] / times["drafter"], 2)
+    return out
+
+
+def block_costs(world, prompts: list[str], seed: int = 0) -> dict:
+    """Median wall ms per block (blocks 1-8, from the traces of real videos) of each stage: the target's block (its
+    4 steps + the commit of the block into its cache), the drafter's block, one block's decode and its scoring; and
+    the ratios the real pair has (14B block ~10 s vs decode + ImageReward well under 1 s; drafter ~1/10)."""
+    ms: dict[str, list[float]] = {}
+    for p in prompts:
+        for mode, tau in (("target", None), ("sdvg", -math.inf)):  # sdvg at -inf: every draft accepted and committed
+            _, tr = generate(world, p, mode, seed, scorer=world.scorer, tau=tau)
+            for bl in tr.blocks[1:]:
+                for k, v in bl.ms.items():
+                    ms.setdefault(f"{mode}_{k}", []).append(v)
+    med = {k: float(np.median(v)) for k, v in ms.items()}
+    out = {"target_block_ms": med["target_target"] + med.get("target_commit", 0.0), "drafter_block_ms": med["sdvg_draft"],
+           "decode_block_ms": med["target_decode"], "score_block_ms": med["sdvg_score"],
+           "commit_ms": med.get("sdvg_commit", 0.0)}
+    out = {k: round(v, 2) for k, v in out.items()}
+    out["target_over_decode_score"] = round(out["target_block_ms"] / (out["decode_block_ms"] + out["score_block_ms"]), 2)
+    out["drafter_over_target"] = round(out["drafter_block_ms"] / out["target_block_ms"], 3)
+    return out
+
+
+STRIP_PROMPT = "a yellow circle moving in a circle on a blue background"  # the README's first prompt
+
+
+def write_strip(world, path: Path, prompt: str, seed: int, tau: float) -> str:
+    """The frame strip of the README and the model card: target-only, draft-only and SDVG on one prompt, with the
+    SDVG block decisions; returns SDVG's decisions (- forced block 0, A accepted, R rejected)."""
+    from sdvg.io import save_strip
+    from sdvg.world.render import block_frame_range
+
+    rows, marks = [], ""
+    for mode in ("target", "draft", "sdvg"):
+        f, tr = generate(world, prompt, mode, seed, scorer=world.scorer, tau=tau)
+        acc = [False] * len(tr.blocks) if mode == "target" else None
+        if mode == "sdvg":
+            acc, marks = [bool(bl.accepted) for bl in tr.blocks], tr.marks
+        rows.append((f"SDVG tau={tau:g}" if mode == "sdvg" else f"{mode}-only", f, acc))
+    save_strip(rows, [block_frame_range(b) for b in range(world.video.num_blocks)], path, scale=2)
+    return marks
+
+
+def stage_card(run: Run) -> None:
+    """Evaluate on held-out prompts (target-only, draft-only, SDVG at the middle tau), the critic-evaluator
+    Spearman, the forward cost ratio; write world.json and MODEL_CARD.md."""
+    from sdvg.world import load_world, read_prompts
+    from sdvg.world.evaluator import evaluate, evaluate_block
+    from sdvg.world.render import block_frame_range
+
+    run.seed_stage("card")
+    world = load_world(weights=run.out)
+    heldout = read_prompts("heldout")[:run.budget.eval_prompts]
+    train = read_prompts("train")[:run.budget.eval_prompts]
+    # tau sweep from the critic's block scores on draft blocks of train prompts
+    res: dict = {"train": {}, "heldout": {}}
+    crit_scores, block_q, block_a = [], [], []
+    walls: dict[str, list[float]] = {"target": [], "draft": [], "sdvg": []}
+    for split, prompts in (("train", train), ("heldout", heldout)):
+        rows = {m: [] for m in ("target", "draft")}
+        for i, p in enumerate(prompts):
+            seed = derive_seed("card", run.seed, split, i) % 2**31
+            for mode in ("target", "draft"):
+                f, tr = generate(world, p, mode, seed)
+                e = evaluate(f, p)
+                rows[mode].append(e)
+                walls[mode].append(tr.wall_s)
+                if mode == "draft":
+                    for b in range(world.video.num_blocks):
+                        s, e_ = block_frame_range(b)
+                        blk = f[s:e_]
+                        crit_scores.append(world.scorer.score(blk, p).min().item())
+                        eb = evaluate_block(blk, p, b)
+                        block_q.append(eb["quality"])
+                        block_a.append(eb["adherence"])
+        for m, r in rows.items():
+            res[split][m] = {k: round(float(np.mean([x[k] for x in r])), 4) for k in r[0]}
+        run.log("card", split=split, target=res[split]["target"]["quality"], draft=res[split]["draft"]["quality"])
+    res["critic_spearman_block"] = round(spearman(crit_scores, block_q), 3)
+    res["critic_spearman_block_adherence"] = round(spearman(crit_scores, block_a), 3)
+    res["critic_blocks"] = len(block_q)
+    qs = np.quantile(crit_scores, [0.1, 0.3, 0.5, 0.7, 0.9])
+    taus = [round(float(q), 3) for q in qs]
+    res["default_taus"], res["default_tau"] = taus, taus[2]
+    # SDVG at the middle tau on held-out prompts
+    sd, acc = [], []
+    for i, p in enumerate(heldout):
+        seed = derive_seed("card", run.seed, "heldout", i) % 2**31
+        f, tr = generate(world, p, "sdvg", seed, scorer=world.scorer, tau=taus[2])
+        sd.append(evaluate(f, p)["quality"])
+        acc.append(tr.accept_rate)
+        walls["sdvg"].append(tr.wall_s)
+    res["heldout"]["sdvg"] = {"quality": round(float(np.mean(sd)), 4), "accept_rate": round(float(np.mean(acc)), 3),
+                              "tau": taus[2]}
+    res["cost"] = forward_cost(world) | block_costs(world, heldout[:4])
+    # wall time per video (the first video of each mode includes warm-up; medians make that harmless)
+    res["wall_s"] = {m: round(float(np.median(w)), 3) for m, w in walls.items()}
+    run.log("card", **{k: v for k, v in res.items() if k not in ("train", "heldout")},
+            sdvg=res["heldout"]["sdvg"])
+    from sdvg.world import WEIGHTS_DIR
+    from sdvg.world.card import CARD, STRIP, write_card
+
+    shipped = run.out.resolve() == WEIGHTS_DIR.resolve()
+    strip = STRIP if shipped else run.out / STRIP.name
+    seed = video_seed(0, 0, 0)  # what `sdvg generate "PROMPT"` uses for its first video
+    res["strip"] = {"prompt": STRIP_PROMPT, "seed": seed, "tau": taus[2],
+                    "sdvg_blocks": write_strip(world, strip, STRIP_PROMPT, seed, taus[2])}
+    info = {"seed": run.seed, "threads": torch.get_num_threads(), "budget": asdict(run.budget),
+            "default_taus": taus, "default_tau": taus[2], "metrics": res}
+    (run.out / "world.json").write_text(json.dumps(info, indent=2) + "\n")
+    card = write_card(run.out, info, CARD if shipped else run.out / "MODEL_CARD.md")
+    run.log("card", written=str(card))
+
+
