@@ -14,6 +14,7 @@ frames each latent block decodes to), so `evaluate` is the mean of `evaluate_blo
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -25,6 +26,23 @@ from sdvg.world.render import (CHANGE_FRAME, CHANGE_FRAMES, PERIOD, REF_FRAMES, 
 
 EXPLAIN_TOL = 0.3  # RGB distance from the nearest palette blend that still counts as explained
 FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.53}
+
+
+def one_thread(fn):
+    """Run `fn` on one intra-op thread and restore the caller's count: the evaluator's many small ops give the same
+    results on any thread count but take twice as long on two (0.22 s vs 0.11 s a video: the threads spend it
+    synchronising), which doubled the labelling in a 2-thread critic stage."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        n = torch.get_num_threads()
+        if n == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(n)
+    return wrapper
 
 
 def _object_colours(scene: Scene, t: np.ndarray) -> list[list[np.ndarray]]:
@@ -90,6 +108,7 @@ def _fill(mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@one_thread
 def frame_scores(frames: torch.Tensor, prompt: str | Scene, start_frame: int = 0) -> dict[str, torch.Tensor]:
     """Per-frame sub-scores [T] and their geometric mean 'adherence'; also the object tracks used by motion."""
     scene = parse(prompt) if isinstance(prompt, str) else prompt
@@ -182,6 +201,7 @@ def _consistency(scene: Scene, cx: torch.Tensor, cy: torch.Tensor, area: torch.T
     return float(np.mean(out))
 
 
+@one_thread
 def evaluate_window(frames: torch.Tensor, prompt: str | Scene, start_frame: int = 0) -> dict[str, float]:
     """Quality of consecutive frames starting at absolute frame `start_frame` (one block, or any window)."""
     scene = parse(prompt) if isinstance(prompt, str) else prompt

@@ -1,6 +1,6 @@
 """`python -m sdvg.world.train --parallel`: the training stages as a graph, run side by side on one machine.
 
-The VAE stage gains nothing from a second thread (its small convolutions: 0.47 s per encoder step on 1 thread or 2)
+The VAE stage gains nothing from a second thread (~0.5 s per encoder step on 1 thread or 2: its convolutions are small)
 while the DiT stages run 1.75x faster on 2, so on a 2-core machine the fastest schedule trains the VAE on one core
 beside the target, then gives the target both. Each stage runs in its own process (`python -m sdvg.world.train
 --stages S`); the scheduler writes each running stage's share of `--threads` to <work>/threads.json, and a stage
@@ -39,7 +39,7 @@ def read_share(path: Path, stage: str) -> int | None:
 def run_stages(stages: list[str], argv: list[str], threads: int, work: Path, log) -> None:
     """Run `stages` (in STAGES order) as child processes, at most `threads` at once, each as soon as the stages it
     needs are done; `argv`: the arguments every child gets (--out, --work, --seed, --quick). A failed stage stops
-    the others (what they finished stays on disk: rerun with the same command and finished phases are skipped)."""
+    the others and says which stages to rerun."""
     path = work / "threads.json"
     pending, running, done = list(stages), {}, set()
 
@@ -67,8 +67,10 @@ def run_stages(stages: list[str], argv: list[str], threads: int, work: Path, log
                     continue
                 del running[s]
                 if rc:
-                    raise SystemExit(f"stage {s!r} failed (exit code {rc}); its output is above. Fix it and rerun the "
-                                     f"same command: finished stages and phases are kept and skipped.")
+                    rest = ",".join(x for x in stages if x == s or x in running or x in pending)
+                    raise SystemExit(f"stage {s!r} failed (exit code {rc}); its output is above. Fix it, then rerun "
+                                     f"with --stages {rest} (the VAE's and the target's finished phases are kept "
+                                     f"in --work and skipped).")
                 done.add(s)
                 publish()
                 log("parallel", finished=s)
