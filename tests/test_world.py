@@ -1,6 +1,8 @@
 """The embedded world: grammar, renderer, evaluator, critic, text encoder, shipped weights."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -335,6 +337,8 @@ def test_training_recipe_quick_end_to_end(tmp_path):
     rows = [r for r in read_jsonl(out / "train_log.jsonl") if r["stage"] == "parallel"]
     assert [r["started"] for r in rows if "started" in r][:2] == ["vae", "target"]  # side by side, one core each
     assert {r["threads"] for r in rows if r.get("started") in ("vae", "target")} == {1}
+    assert json.loads((out / "world.json").read_text())["parallel_wall_s"] > 0  # not the overlapping stages' sum
+    assert "--threads 2 --parallel`" in (out / "MODEL_CARD.md").read_text()
     for f in ("target.safetensors", "drafter.safetensors", "critic.safetensors", "vae", "text_encoder", "world.json",
               "MODEL_CARD.md", "strip.png", "train_log.jsonl"):
         assert (out / f).exists(), f

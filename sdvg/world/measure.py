@@ -177,6 +177,12 @@ def stage_card(run: Run) -> None:
                     "sdvg_blocks": write_strip(world, strip, STRIP_PROMPT, seed, taus[2])}
     info = {"seed": run.seed, "threads": torch.get_num_threads(), "budget": asdict(run.budget),
             "default_taus": taus, "default_tau": taus[2], "metrics": res}
+    if run.shares is not None:  # a stage of `--parallel`: the run's wall time since its scheduler started
+        from sdvg.io import read_jsonl
+
+        start = next((r for r in reversed(read_jsonl(run.log_path)) if r["stage"] == "start" and r.get("parallel")), {})
+        if "at" in start:
+            info["parallel_wall_s"] = round(time.time() - start["at"], 1)
     (run.out / "world.json").write_text(json.dumps(info, indent=2) + "\n")
     card = write_card(run.out, info, CARD if shipped else run.out / "MODEL_CARD.md")
     run.log("card", written=str(card))

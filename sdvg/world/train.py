@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
     stages = [s for s in STAGES if s in stages]
     run.log("start", seed=args.seed, stages=stages, budget=asdict(run.budget), threads=args.threads,
-            parallel=args.parallel, torch=torch.__version__)
+            parallel=args.parallel, torch=torch.__version__, at=round(time.time(), 1))
     if args.parallel:
         from sdvg.world.parallel import run_stages
 
