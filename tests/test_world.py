@@ -359,3 +359,39 @@ def test_parallel_training_shares_threads_and_stops_on_a_failed_stage(tmp_path):
         run_stages(["drafter"], ["--quick", "--out", str(tmp_path / "w"), "--work", str(tmp_path / "work")], 2,
                    tmp_path, lambda *a, **k: log.append(k))
     assert log == [{"started": "drafter", "threads": 2}]
+
+
+def test_parallel_training_stopped_by_sigterm_ends_its_stages(tmp_path):
+    """A scheduler killed by SIGTERM (a job system's time limit) ends the stages it started: none trains on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not os.path.isdir("/proc"):
+        pytest.skip("finds the scheduler's children through /proc")
+    work = tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, "-m", "sdvg.world.train", "--quick", "--parallel", "--threads", "2",
+                             "--out", str(tmp_path / "w"), "--work", str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (work / "threads.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    children = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == proc.pid:  # the field after the state: the parent's pid
+            children.append(pid)
+    assert children, "the scheduler started no stage"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0 and "stopped by SIGTERM" in proc.stderr.read()
+    for pid in map(int, children):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"stage process {pid} outlived its scheduler")

@@ -10,6 +10,7 @@ times, so a parallel run is not bit-reproducible (no multi-threaded run is); the
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -46,6 +47,8 @@ def run_stages(stages: list[str], argv: list[str], threads: int, work: Path, log
     def publish() -> None:
         write_json(path, shares(list(running), threads))
 
+    # a terminated scheduler (kill, a job system's time limit) must not leave its stages training on as orphans
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"stopped by SIGTERM; stages {list(running)} ended"))
     try:
         while pending or running:
             ready = [s for s in pending if all(d in done or d not in stages for d in NEEDS[s])]
@@ -75,6 +78,8 @@ def run_stages(stages: list[str], argv: list[str], threads: int, work: Path, log
                 publish()
                 log("parallel", finished=s)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for p in running.values():
             if p is not None:
                 p.terminate()
+                p.wait()
