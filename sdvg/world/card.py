@@ -88,10 +88,13 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
     stages = _stage_seconds(log)
     vq = next((r for r in reversed(log) if "heldout_quality_decoded" in r), None)
     wall = info.get("parallel_wall_s")  # under --parallel the stages overlap: their sum would overstate the time
-    took = ((f"It took {wall / 60:.0f} min end to end on a 2-core CPU, stages side by side, this card's evaluation "
-             "included" if wall else f"It took {sum(stages.values()) / 60:.0f} min on {thread_s} of a shared 2-core CPU"
-             + ("" if "card" in stages else ", plus this card's evaluation"))
-            + " (seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()) + ").")
+    if wall:
+        took = (f"It took {wall / 60:.0f} min end to end on a 2-core CPU, stages side by side, this card's "
+                "evaluation included")
+    else:
+        took = (f"It took {sum(stages.values()) / 60:.0f} min on {thread_s} of a shared 2-core CPU"
+                + ("" if "card" in stages else ", plus this card's evaluation"))
+    took += " (seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()) + ")."
     lines = [
         "# The embedded world: model card",
         "",

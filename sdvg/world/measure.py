@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import TYPE_CHECKING
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
