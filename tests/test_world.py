@@ -180,7 +180,7 @@ def test_latents_carry_the_video(prompt):
 
 def test_designed_decoder_written_into_a_wan_vae():
     """`write_decoder` puts the designed decoder into a standard AutoencoderKLWan: per pixel frame, the window's
-    distances interpolated in time, the linear field upsampler, the background averaged over the frame, the colours
+    distances interpolated in time, the field upsampler (with its SiLU refinements), the background averaged over the frame, the colours
     snapped to the palette, and the shading; diffusers' whole-video decode and sdvg's streaming decoder (with its
     exact fast modules) agree with that reference, written in plain PyTorch."""
     from diffusers import AutoencoderKLWan
@@ -191,7 +191,9 @@ def test_designed_decoder_written_into_a_wan_vae():
     from sdvg.world.decoder import FieldUpsampler, shade, snap_colours, write_decoder
 
     torch.manual_seed(0)
-    up = FieldUpsampler().eval()
+    up = FieldUpsampler().eval().requires_grad_(False)
+    for p in up.parameters():  # its refinements start at zero: make them act
+        p.add_(0.1 * torch.randn(p.shape))
     vae = AutoencoderKLWan(**spec.VAE_KWARGS)
     write_decoder(vae, up)
     x, info = render("a big yellow square bouncing up and down and a blue circle moving in a circle on a magenta "
@@ -211,10 +213,14 @@ def test_designed_decoder_written_into_a_wan_vae():
         dec = StreamingDecoder(vae, [0.0] * spec.Z_DIM, [1.0] * spec.Z_DIM)
         f = torch.cat([dec.decode(z[None, :, :1]), dec.decode(z[None, :, 1:3]), dec.decode(z[None, :, 3:])])
         torch.testing.assert_close(f, (got + 1) / 2, atol=1e-5, rtol=0)
-    # the snap: palette colours map to themselves, off-palette ones (a DiT's averaged colours) to the nearest pattern
+    # the soft shading: deep inside a shape the object's colour, far outside the background's (< 0.004 off)
     from sdvg.world.grammar import COLOURS
 
     pal = torch.tensor(list(COLOURS.values())) * 2 - 1
+    obj, bg = pal.repeat_interleave(8, 0)[:, :, None, None], pal.repeat(8, 1)[:, :, None, None]
+    for f, want in ((torch.full((64, 1, 1, 1), 5.0), obj), (torch.full((64, 1, 1, 1), -5.0), bg)):
+        torch.testing.assert_close(shade(f, obj, bg), want, atol=4e-3, rtol=0)
+    # the snap: palette colours map to themselves, off-palette ones (a DiT's averaged colours) to the nearest pattern
     torch.testing.assert_close(snap_colours(pal), pal, atol=1e-6, rtol=0)
     torch.testing.assert_close(snap_colours(pal * 0.6 + 0.1), pal, atol=1e-6, rtol=0)
 

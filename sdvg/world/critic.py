@@ -10,6 +10,7 @@ better; it never calls the evaluator at inference.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -49,6 +50,13 @@ def prompt_features(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
     return v, pal
 
 
+@functools.lru_cache(maxsize=64)
+def _features(prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`prompt_features` of a prompt text, kept: the router scores every block of a video with the same prompt, and
+    building the vector takes ~30 small tensor writes (read only: callers must not modify them)."""
+    return prompt_features(parse(prompt))
+
+
 def net_input(frames: torch.Tensor, pal: torch.Tensor) -> torch.Tensor:
     """Frames [N,3,H,W] in [0,1] and palettes [N or 1,5,3] -> the CNN's input [N,8,H,W]: the frames in [-1,1] and
     every pixel's RGB distance to each prompt colour (2.0 where absent), laid out channels-last (the CPU convolution
@@ -65,8 +73,15 @@ def net_input(frames: torch.Tensor, pal: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def half_resolution(frames: torch.Tensor) -> torch.Tensor:
+    """2x2 means [N,C,H,W] -> [N,C,H/2,W/2]: what avg_pool2d computes, in ~1/3 of its CPU time at these sizes."""
+    return (frames[..., ::2, ::2] + frames[..., 1::2, ::2] + frames[..., ::2, 1::2] + frames[..., 1::2, 1::2]) * 0.25
+
+
 class CriticNet(nn.Module):
-    """Small FiLM-conditioned CNN; ~60k parameters."""
+    """Small FiLM-conditioned CNN; ~60k parameters. It reads frames at half resolution (2x2 means, 32x32): the
+    shapes it judges are 12-24 px across, and a quarter of the pixels makes it ~2.3x faster (1.7 vs 3.8 ms for a
+    block's 12 frames on one CPU thread), which keeps the decode + critic of a block under 1/8 of the target's."""
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
@@ -80,7 +95,7 @@ class CriticNet(nn.Module):
         """frames [N,3,64,64] in [0,1]; cond [N or 1, COND_DIM] and pal [N or 1, 5, 3] (`prompt_features`). With one
         prompt for all frames (the scorer's case) FiLM is folded into each convolution's weights: the same maths to
         fp32 round-off, and the product never touches the feature maps."""
-        x = net_input(frames, pal)
+        x = net_input(half_resolution(frames), pal)
         one = cond.shape[0] == 1
         for conv, film in zip(self.convs, self.film):
             g, b = film(cond).chunk(2, -1)
@@ -116,7 +131,7 @@ class WorldCritic:
     def score(self, frames: torch.Tensor, prompt: str) -> torch.Tensor:
         if frames.dim() != 4 or frames.shape[1] != 3:
             raise ValueError(f"expected frames [F,3,H,W], got shape {tuple(frames.shape)}")
-        v, pal = prompt_features(parse(prompt))
+        v, pal = _features(prompt)
         f = frames.to(self.device, self.dtype).clamp(0, 1).contiguous()  # decoded frames arrive as a permuted view
         if f.shape[-2:] != (64, 64):
             f = F.interpolate(f, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)

@@ -4,15 +4,17 @@ A latent frame holds, per 8x8 cell, the distance to the nearest object at 2x2 su
 frame of its 4-frame window, the nearest object's colour and the background colour (`sdvg.world.data`). Decoding:
 
 1. time: the window's 4 frames interpolate its first and last distance linearly (Wan's two time convs);
-2. space: a learned *linear* upsampler (`FieldUpsampler`: three nearest x2 + 3x3 conv stages, Wan's resample convs)
-   turns the 16x16 sub-cell distances into a 64x64 field f ~ 0.5 - (distance in pixels);
+2. space: a learned upsampler (`FieldUpsampler`: three nearest x2 + 3x3 conv stages, Wan's resample convs, and two
+   small SiLU refinements in Wan's residual blocks) turns the 16x16 sub-cell distances into a 64x64 field
+   f ~ 0.5 - (distance in pixels);
 3. colours (the middle block): the background is averaged over the frame (it is one colour by design; the average
    removes a generator's cell-to-cell noise), then both colours are snapped to the palette, whose 8 colours are the
    8 high/low patterns of the 3 channels: binarise each channel (a steep clamp), one indicator per pattern (a ReLU
    of their signed sum), and the palette colour of the pattern that fires (two fire half each on a tie);
-4. shading, per pixel (the last resolution's residual block): alpha = clamp(f, 0, 1) and
+4. shading, per pixel (the last resolution's second residual block): alpha = clamp(f, 0, 1) and
    pixel = bg + relu(v - K(1 - alpha)) - relu(-v - K(1 - alpha)), v = obj - bg, K = 2
-   (exactly bg + alpha v where alpha is 0 or 1, a blend of the two colours on the one-pixel edge).
+   (exactly bg + alpha v where alpha is 0 or 1, a blend of the two colours on the one-pixel edge), with the ReLUs
+   and the clamp softened as `shade` writes them.
 
 Why designed, not trained end to end: a decoder trained by regression on pixels learns a blurred average wherever its
 input is uncertain (the trained one scored 0.58 on real latents); this one thresholds a distance field and snaps
@@ -20,7 +22,8 @@ colours, so the mean of several plausible latents (what a few-step generator pre
 renders as one sharp shape in palette colours.
 
 `write_decoder` places it in Wan's modules: the ReLUs are SiLUs after an RMS norm whose gain is large
-(SiLU(s u)/s ~ relu(u)); linear pass-through channels sit beside a large constant channel (the norm then divides by
+(SiLU(s u)/s ~ relu(u)); the refinements' SiLUs are plain ones beside a constant channel that makes the norm the
+identity; linear pass-through channels sit beside a large constant channel (the norm then divides by
 ~the constant and SiLU(u) ~ u/2); the middle block's attention, with zero queries and keys, is the frame average;
 every other residual branch is zero (`sdvg.vae.fast_modules` skips those exactly).
 """
@@ -33,29 +36,49 @@ import torch.nn.functional as F
 from torch import nn
 
 K_SHADE = 2.0  # > the largest |obj - bg| per channel in latent units ([-1, 1] colours)
-SHARP = 200.0  # SiLU(SHARP u) / SHARP stands for relu(u): error <= 0.28 / SHARP
+SHARP = 200.0  # SiLU(SHARP u) / SHARP stands for relu(u): error <= 0.28 / SHARP (the colour snap)
+# The shading's two steps use gentler ones, which keep SiLU's inputs below its overflow (|s u| < 88, past which
+# PyTorch's CPU SiLU runs ~6x slower) on nearly every pixel of a 64x64 frame; `shade` computes exactly these:
+ALPHA_SHARP = 8.0  # alpha = soft clamp of the field to [0, 1]: it differs from clamp by <= 0.035, at the knees only
+SHADE_SHARP = 20.0  # the colour blend, whose inputs lie in [-3.8, 1.8]: its error cancels where a pixel is all
+# object (SiLU(x) - SiLU(-x) = x) and is < 0.004 (of [-1, 1]) where it is all background
 _BIG = 1e5  # the constant channel beside the linear pass-through channels
-WIDTHS = (8, 16)  # hidden channels of the field upsampler at 16x16 and 32x32
+WIDTHS = (8, 16)  # channels of the field upsampler at 16x16 and 32x32
+REFINE = (16, 4, 8)  # its 16x16 refinement's hidden channels; c2's channels at 64x64, their refinement's hidden ones
 DECODER_BASE_DIM = 12
 SNAP_SLOPE = 4.0  # a colour channel (in [-1, 1]) binarises beyond +-0.125; the palette's are beyond +-0.4
 _COL = 8  # first of the 6 snapped colour channels (obj, bg), from the middle block to the 32x32 resample
 _PRE = 27  # first channel of the colour snap's pre-activations in the 48-channel middle block
+_OBJ = 5  # at 64x64: the object colour's channels, then the background's (the pixel once shaded)
 
 
 class FieldUpsampler(nn.Module):
-    """Sub-cell distances [N, 4, h, w] (raw latent units: pixels / SDF_CLIP) -> field [N, 1, 8h, 8w] ~ 0.5 - pixels."""
+    """Sub-cell distances [N, 4, h, w] (raw latent units: pixels / SDF_CLIP) -> field [N, 1, 8h, 8w] ~ 0.5 - pixels.
 
-    def __init__(self, widths: tuple[int, int] = WIDTHS) -> None:
+    Three nearest x2 + 3x3 conv stages (Wan's resample convs, `c0`, `c1`, `c2`) and two small SiLU refinements in
+    the form of Wan's residual blocks (x + conv(SiLU(conv(SiLU(x))))): a 3x3 one at 16x16 (`r0`, `r1`) and a
+    per-pixel one at 64x64 that turns `c2`'s channels into the field (`p0`, `p1`). Why not linear: a linear map of
+    distances sampled every 4 px rounds a triangle's corners and a small square's (decoded from their true
+    latents, held-out triangles scored 0.04-0.21 for shape); the refinements restore them."""
+
+    def __init__(self, widths: tuple[int, int] = WIDTHS, refine: tuple[int, int, int] = REFINE) -> None:
         super().__init__()
-        w0, w1 = widths
+        (w0, w1), (h16, m, h64) = widths, refine
         self.c0 = nn.Conv2d(4, w0, 3, padding=1)
+        self.r0, self.r1 = nn.Conv2d(w0, h16, 3, padding=1), nn.Conv2d(h16, w0, 3, padding=1)
         self.c1 = nn.Conv2d(w0, w1, 3, padding=1)
-        self.c2 = nn.Conv2d(w1, 1, 3, padding=1)
+        self.c2 = nn.Conv2d(w1, m, 3, padding=1)
+        self.p0, self.p1 = nn.Conv2d(m, h64, 1), nn.Conv2d(h64, 1, 1)
+        for last in (self.r1, self.p1):  # start as the linear upsampler
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
-        for conv in (self.c0, self.c1, self.c2):
-            d = conv(F.interpolate(d, scale_factor=2, mode="nearest"))
-        return d
+        up = lambda v: F.interpolate(v, scale_factor=2, mode="nearest")  # noqa: E731
+        x = self.c0(up(d))
+        x = x + self.r1(F.silu(self.r0(F.silu(x))))
+        g = self.c2(up(self.c1(up(x))))
+        return g[:, :1] + self.p1(F.silu(self.p0(F.silu(g))))
 
 
 def _palette() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,11 +101,17 @@ def snap_colours(c: torch.Tensor) -> torch.Tensor:
     return torch.einsum("kc,nk...->nc...", cols, ind)
 
 
+def soft_relu(u: torch.Tensor, sharp: float) -> torch.Tensor:
+    """SiLU(sharp u) / sharp: the decoder's ReLU (what an RMS-normed SiLU with a large gain computes)."""
+    return F.silu(sharp * u) / sharp
+
+
 def shade(field: torch.Tensor, obj: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
     """The per-pixel shading (step 4) in plain PyTorch; field [N,1,H,W], colours [N,3,H,W] in [-1, 1]."""
-    gap = K_SHADE * (1 - field.clamp(0, 1))
+    alpha = soft_relu(field, ALPHA_SHARP) - soft_relu(field - 1, ALPHA_SHARP)
+    gap = K_SHADE * (1 - alpha)
     v = obj - bg
-    return bg + F.relu(v - gap) - F.relu(-v - gap)
+    return bg + soft_relu(v - gap, SHADE_SHARP) - soft_relu(-v - gap, SHADE_SHARP)
 
 
 def field_loss(field: torch.Tensor, target: torch.Tensor, lo: float = -2.0, hi: float = 3.0) -> torch.Tensor:
@@ -93,7 +122,7 @@ def field_loss(field: torch.Tensor, target: torch.Tensor, lo: float = -2.0, hi: 
 
 
 def fit_upsampler(batches, steps: int, lr: float = 3e-3, log=None) -> FieldUpsampler:
-    """Fit the linear upsampler on (sub-cell distances [N,4,8,8], pixel field target [N,1,64,64]) batches."""
+    """Fit the field upsampler on (sub-cell distances [N,4,8,8], pixel field target [N,1,64,64]) batches."""
     up = FieldUpsampler()
     opt = torch.optim.Adam(up.parameters(), lr)
     for step in range(steps):
@@ -192,13 +221,28 @@ def write_decoder(vae, up: FieldUpsampler) -> None:
             _eye(tw, frame * half + 4 * slot, 0, 4, 1 - a)
             _eye(tw, frame * half + 4 * slot, 4, 4, a)
         _eye(tw, frame * half + _COL, _COL, 6)
-    # up0 resample (16x16): c0 per slot; colours nearest
+    # up0 resample (16x16): c0 per slot; colours nearest; a constant channel for the refinement's norms
     rw, rb = up0.resample[1].weight, up0.resample[1].bias
     for slot in range(2):
         rw[slot * w0:(slot + 1) * w0, slot * 4:(slot + 1) * 4] = up.c0.weight
         rb[slot * w0:(slot + 1) * w0] = up.c0.bias
     _eye(rw, 2 * w0, _COL, 6)
-    _eye(dec.up_blocks[1].resnets[0].conv_shortcut.weight, 0, 0, 2 * w0 + 6)
+    rb[2 * w0 + 6] = _BIG
+    # up_blocks[1].resnets[0] (16x16): its shortcut passes the slots and colours; its branch is the 3x3 refinement
+    # (r0, r1), per slot. Beside the constant channel each norm is x -> x (gain BIG / sqrt(C)), so SiLU is SiLU.
+    res = dec.up_blocks[1].resnets[0]
+    _eye(res.conv_shortcut.weight, 0, 0, 2 * w0 + 6)
+    h16 = up.r0.out_channels
+    for norm, n in ((res.norm1, 2 * w0), (res.norm2, 2 * h16)):
+        g = norm.gamma.view(-1)
+        g.zero_()
+        g[:n] = _BIG / g.numel() ** 0.5
+    for slot in range(2):
+        res.conv1.weight[slot * h16:(slot + 1) * h16, slot * w0:(slot + 1) * w0, -1] = up.r0.weight
+        res.conv1.bias[slot * h16:(slot + 1) * h16] = up.r0.bias
+        res.conv2.weight[slot * w0:(slot + 1) * w0, slot * h16:(slot + 1) * h16, -1] = up.r1.weight
+        res.conv2.bias[slot * w0:(slot + 1) * w0] = up.r1.bias
+    res.conv1.bias[2 * h16] = _BIG
     # up1 time conv: even frame keeps slot x, odd frame moves slot y into slot x; colours to both
     tw, half = up1.time_conv.weight, up1.time_conv.weight.shape[0] // 2
     _eye(tw, 0, 0, w0)
@@ -210,44 +254,61 @@ def write_decoder(vae, up: FieldUpsampler) -> None:
     rw[:w1, :w0] = up.c1.weight
     rb[:w1] = up.c1.bias
     _eye(rw, w1, 2 * w0, 6)
-    # up2 resample (64x64): [f, f - 1, obj 2-4, bg 5-7, BIG 8, pixel slots 9-11 (zero)]
+    # up2 resample (64x64): [g0, g0 - 1, g1.. (c2), obj, bg, BIG] (_OBJ = 1 + m)
+    m, h64 = up.c2.out_channels, up.p0.out_channels
+    if 1 + m != _OBJ:
+        raise ValueError(f"the 64x64 layout holds {_OBJ - 1} field channels, not {m}")
     rw, rb = up2.resample[1].weight, up2.resample[1].bias
-    rw[0:1, :w1] = up.c2.weight
-    rw[1:2, :w1] = up.c2.weight
-    rb[0], rb[1] = up.c2.bias[0], up.c2.bias[0] - 1
-    _eye(rw, 2, w1, 6)
-    rb[8] = _BIG
-    # shading in up_blocks[3].resnets[0]: norm1 + SiLU = relu on f, f - 1 and linear on the colours
+    rw[0:1, :w1], rb[0] = up.c2.weight[:1], up.c2.bias[0]
+    rw[1:2, :w1], rb[1] = up.c2.weight[:1], up.c2.bias[0] - 1
+    rw[2:1 + m, :w1], rb[2:1 + m] = up.c2.weight[1:], up.c2.bias[1:]
+    _eye(rw, _OBJ, w1, 6)
+    rb[_OBJ + 6] = _BIG
+    # up_blocks[3].resnets[0], per pixel: the field refinement (p0, p1) reads g (not g0 - 1: zero weights) and is
+    # added to g0 and g0 - 1, which become the field f and f - 1
     res = dec.up_blocks[3].resnets[0]
+    c = res.norm1.gamma.numel()
+    g1 = res.norm1.gamma.view(-1)
+    g1.zero_()
+    g1[0:1 + m] = _BIG / c ** 0.5
+    cw = res.conv1.weight[:, :, -1, 1, 1]
+    cw[:h64, 0], cw[:h64, 2:1 + m] = up.p0.weight[:, 0, 0, 0], up.p0.weight[:, 1:, 0, 0]
+    res.conv1.bias[:h64] = up.p0.bias
+    res.conv1.bias[h64] = _BIG
+    g2 = res.norm2.gamma.view(-1)
+    g2.zero_()
+    g2[:h64] = _BIG / c ** 0.5
+    for row in (0, 1):
+        res.conv2.weight[row, :h64, -1, 1, 1] = up.p1.weight[0, :, 0, 0]
+        res.conv2.bias[row] = up.p1.bias[0]
+    # shading in up_blocks[3].resnets[1]: norm1 + SiLU = relu on f, f - 1 and linear on the colours
+    res = dec.up_blocks[3].resnets[1]
     c = res.norm1.gamma.shape[0]
     g1 = res.norm1.gamma.view(-1)
     g1.zero_()
-    g1[0:2] = SHARP * _BIG / c ** 0.5
-    g1[2:8] = 1.0
-    # conv1 -> [p+ 0-2, p- 3-5, bg 6-8, BIG 9]: p+- = +-(obj - bg) - K + K alpha, alpha = (relu(f) - relu(f - 1))
+    g1[0:2] = ALPHA_SHARP * _BIG / c ** 0.5
+    g1[_OBJ:_OBJ + 6] = 1.0
+    # conv1 -> [p+ 0-2, p- 3-5, BIG 6]: p+- = +-(obj - bg) - K + K alpha, alpha = (relu(f) - relu(f - 1))
     cw, cb = res.conv1.weight[:, :, -1, 1, 1], res.conv1.bias
     lin = _linear_gain(res.conv1)
     for ch in range(3):
         for sign, row in ((1.0, ch), (-1.0, 3 + ch)):
-            cw[row, 2 + ch] = sign * lin
-            cw[row, 5 + ch] = -sign * lin
-            cw[row, 0] = K_SHADE / SHARP
-            cw[row, 1] = -K_SHADE / SHARP
+            cw[row, _OBJ + ch] = sign * lin
+            cw[row, _OBJ + 3 + ch] = -sign * lin
+            cw[row, 0] = K_SHADE / ALPHA_SHARP
+            cw[row, 1] = -K_SHADE / ALPHA_SHARP
             cb[row] = -K_SHADE
-        cw[6 + ch, 5 + ch] = lin
-    cb[9] = _BIG
+    cb[6] = _BIG
     g2 = res.norm2.gamma.view(-1)
     g2.zero_()
-    g2[0:6] = SHARP * _BIG / c ** 0.5
-    g2[6:9] = 1.0
-    # conv2 -> pixel slots 9-11: bg + relu(p+) - relu(p-)
+    g2[0:6] = SHADE_SHARP * _BIG / c ** 0.5
+    # conv2 -> the bg channels: bg + relu(p+) - relu(p-), the pixel
     ow = res.conv2.weight[:, :, -1, 1, 1]
     for ch in range(3):
-        ow[9 + ch, ch] = 1 / SHARP
-        ow[9 + ch, 3 + ch] = -1 / SHARP
-        ow[9 + ch, 6 + ch] = _linear_gain(res.conv2)
-    # norm_out + SiLU + conv_out: linear read of the pixel slots (the VAE clamps to [-1, 1])
+        ow[_OBJ + 3 + ch, ch] = 1 / SHADE_SHARP
+        ow[_OBJ + 3 + ch, 3 + ch] = -1 / SHADE_SHARP
+    # norm_out + SiLU + conv_out: linear read of the pixel (the VAE clamps to [-1, 1])
     go = dec.norm_out.gamma.view(-1)
     go.zero_()
-    go[9:12] = 1.0
-    _eye(dec.conv_out.weight, 0, 9, 3, _linear_gain(dec.conv_out))
+    go[_OBJ + 3:_OBJ + 6] = 1.0
+    _eye(dec.conv_out.weight, 0, _OBJ + 3, 3, _linear_gain(dec.conv_out))

@@ -36,7 +36,7 @@ from sdvg.world.train_critic import stage_critic
 class Budget:
     """Step counts (fixed, so results depend on the seed only, not on machine speed)."""
 
-    field_steps: int = 1500
+    field_steps: int = 10000
     vae_batch: int = 8
     vae_latents: int = 3
     encoder_steps: int = 4000
