@@ -180,9 +180,9 @@ def test_latents_carry_the_video(prompt):
 
 def test_designed_decoder_written_into_a_wan_vae():
     """`write_decoder` puts the designed decoder into a standard AutoencoderKLWan: per pixel frame, the window's
-    distances interpolated in time, the field upsampler (with its SiLU refinements), the background averaged over the frame, the colours
-    snapped to the palette, and the shading; diffusers' whole-video decode and sdvg's streaming decoder (with its
-    exact fast modules) agree with that reference, written in plain PyTorch."""
+    distances interpolated in time, the field upsampler (with its SiLU refinements), the background averaged over
+    the frame, the colours snapped to the palette, and the shading; diffusers' whole-video decode and sdvg's
+    streaming decoder (with its exact fast modules) agree with that reference, written in plain PyTorch."""
     from diffusers import AutoencoderKLWan
 
     from sdvg.vae import StreamingDecoder

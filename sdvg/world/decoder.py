@@ -49,7 +49,6 @@ DECODER_BASE_DIM = 12
 SNAP_SLOPE = 4.0  # a colour channel (in [-1, 1]) binarises beyond +-0.125; the palette's are beyond +-0.4
 _COL = 8  # first of the 6 snapped colour channels (obj, bg), from the middle block to the 32x32 resample
 _PRE = 27  # first channel of the colour snap's pre-activations in the 48-channel middle block
-_OBJ = 5  # at 64x64: the object colour's channels, then the background's (the pixel once shaded)
 
 
 class FieldUpsampler(nn.Module):
@@ -254,16 +253,18 @@ def write_decoder(vae, up: FieldUpsampler) -> None:
     rw[:w1, :w0] = up.c1.weight
     rb[:w1] = up.c1.bias
     _eye(rw, w1, 2 * w0, 6)
-    # up2 resample (64x64): [g0, g0 - 1, g1.. (c2), obj, bg, BIG] (_OBJ = 1 + m)
+    # up2 resample (64x64): [g0, g0 - 1, g1.. (c2's m channels), obj 3, bg 3 (the pixel once shaded), BIG]
     m, h64 = up.c2.out_channels, up.p0.out_channels
-    if 1 + m != _OBJ:
-        raise ValueError(f"the 64x64 layout holds {_OBJ - 1} field channels, not {m}")
+    obj = 1 + m
     rw, rb = up2.resample[1].weight, up2.resample[1].bias
+    if obj + 7 > rw.shape[0]:
+        raise ValueError(f"the decoder's {rw.shape[0]} channels at 64x64 hold at most {rw.shape[0] - 8} field "
+                         f"channels, not {m}")
     rw[0:1, :w1], rb[0] = up.c2.weight[:1], up.c2.bias[0]
     rw[1:2, :w1], rb[1] = up.c2.weight[:1], up.c2.bias[0] - 1
     rw[2:1 + m, :w1], rb[2:1 + m] = up.c2.weight[1:], up.c2.bias[1:]
-    _eye(rw, _OBJ, w1, 6)
-    rb[_OBJ + 6] = _BIG
+    _eye(rw, obj, w1, 6)
+    rb[obj + 6] = _BIG
     # up_blocks[3].resnets[0], per pixel: the field refinement (p0, p1) reads g (not g0 - 1: zero weights) and is
     # added to g0 and g0 - 1, which become the field f and f - 1
     res = dec.up_blocks[3].resnets[0]
@@ -287,14 +288,14 @@ def write_decoder(vae, up: FieldUpsampler) -> None:
     g1 = res.norm1.gamma.view(-1)
     g1.zero_()
     g1[0:2] = ALPHA_SHARP * _BIG / c ** 0.5
-    g1[_OBJ:_OBJ + 6] = 1.0
+    g1[obj:obj + 6] = 1.0
     # conv1 -> [p+ 0-2, p- 3-5, BIG 6]: p+- = +-(obj - bg) - K + K alpha, alpha = (relu(f) - relu(f - 1))
     cw, cb = res.conv1.weight[:, :, -1, 1, 1], res.conv1.bias
     lin = _linear_gain(res.conv1)
     for ch in range(3):
         for sign, row in ((1.0, ch), (-1.0, 3 + ch)):
-            cw[row, _OBJ + ch] = sign * lin
-            cw[row, _OBJ + 3 + ch] = -sign * lin
+            cw[row, obj + ch] = sign * lin
+            cw[row, obj + 3 + ch] = -sign * lin
             cw[row, 0] = K_SHADE / ALPHA_SHARP
             cw[row, 1] = -K_SHADE / ALPHA_SHARP
             cb[row] = -K_SHADE
@@ -305,10 +306,10 @@ def write_decoder(vae, up: FieldUpsampler) -> None:
     # conv2 -> the bg channels: bg + relu(p+) - relu(p-), the pixel
     ow = res.conv2.weight[:, :, -1, 1, 1]
     for ch in range(3):
-        ow[_OBJ + 3 + ch, ch] = 1 / SHADE_SHARP
-        ow[_OBJ + 3 + ch, 3 + ch] = -1 / SHADE_SHARP
+        ow[obj + 3 + ch, ch] = 1 / SHADE_SHARP
+        ow[obj + 3 + ch, 3 + ch] = -1 / SHADE_SHARP
     # norm_out + SiLU + conv_out: linear read of the pixel (the VAE clamps to [-1, 1])
     go = dec.norm_out.gamma.view(-1)
     go.zero_()
-    go[_OBJ + 3:_OBJ + 6] = 1.0
-    _eye(dec.conv_out.weight, 0, _OBJ + 3, 3, _linear_gain(dec.conv_out))
+    go[obj + 3:obj + 6] = 1.0
+    _eye(dec.conv_out.weight, 0, obj + 3, 3, _linear_gain(dec.conv_out))
