@@ -122,9 +122,9 @@ def test_critic_shapes():
 
 
 def test_critic_folded_film_is_the_trained_net():
-    """The scorer's path (one prompt: FiLM folded into the convolutions, absent colours skipped) computes what the
-    training path (a prompt per frame) does, to fp32 round-off, and frames in a batch do not mix."""
-    from sdvg.world.critic import CriticNet, prompt_features
+    """The scorer's path (one prompt: FiLM folded into the convolutions, kept per prompt; absent colours skipped)
+    computes what the training path (a prompt per frame) does, to fp32 round-off, and frames in a batch do not mix."""
+    from sdvg.world.critic import CriticNet, WorldCritic, prompt_features
     from sdvg.world.grammar import parse
 
     torch.manual_seed(0)
@@ -139,6 +139,9 @@ def test_critic_folded_film_is_the_trained_net():
         alone = net(f[1:2], v2[None], p2[None])
     torch.testing.assert_close(one, per_frame, rtol=0, atol=1e-6)
     torch.testing.assert_close(mixed, torch.cat([one[:1], alone]), rtol=0, atol=1e-6)
+    critic, prompts = WorldCritic(net), ["a red circle on a white background", "a big blue square that turns green"]
+    for p, want in zip(prompts * 2, [one, alone] * 2):  # the second round reuses each prompt's folded convolutions
+        torch.testing.assert_close(critic.score(f if want is one else f[1:2], p), want, rtol=0, atol=1e-6)
 
 
 def test_text_encoder_zeroes_padding(tmp_path):

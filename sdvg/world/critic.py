@@ -91,18 +91,28 @@ class CriticNet(nn.Module):
         self.film = nn.ModuleList(nn.Linear(COND_DIM, 2 * chans[i + 1]) for i in range(4))
         self.head = nn.Sequential(nn.Linear(2 * w * 2 + COND_DIM, 64), nn.SiLU(), nn.Linear(64, 1))
 
-    def forward(self, frames: torch.Tensor, cond: torch.Tensor, pal: torch.Tensor) -> torch.Tensor:
-        """frames [N,3,64,64] in [0,1]; cond [N or 1, COND_DIM] and pal [N or 1, 5, 3] (`prompt_features`). With one
-        prompt for all frames (the scorer's case) FiLM is folded into each convolution's weights: the same maths to
-        fp32 round-off, and the product never touches the feature maps."""
-        x = net_input(half_resolution(frames), pal)
-        one = cond.shape[0] == 1
+    def folded_convs(self, cond: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each convolution's (weight, bias) with one prompt's FiLM folded in (cond [1, COND_DIM]): the same maths
+        as FiLM on the feature maps to fp32 round-off, and the product never touches them."""
+        out = []
         for conv, film in zip(self.convs, self.film):
             g, b = film(cond).chunk(2, -1)
-            if one:
-                x = F.conv2d(x, conv.weight * (1 + g[0]).view(-1, 1, 1, 1), conv.bias * (1 + g[0]) + b[0],
-                             stride=conv.stride, padding=conv.padding)
+            out.append((conv.weight * (1 + g[0]).view(-1, 1, 1, 1), conv.bias * (1 + g[0]) + b[0]))
+        return out
+
+    def forward(self, frames: torch.Tensor, cond: torch.Tensor, pal: torch.Tensor,
+                folded: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """frames [N,3,64,64] in [0,1]; cond [N or 1, COND_DIM] and pal [N or 1, 5, 3] (`prompt_features`). With one
+        prompt for all frames (the scorer's case) FiLM is folded into the convolutions (`folded_convs`, which a
+        caller scoring many blocks of one prompt passes in, computed once)."""
+        x = net_input(half_resolution(frames), pal)
+        if folded is None and cond.shape[0] == 1:
+            folded = self.folded_convs(cond)
+        for i, (conv, film) in enumerate(zip(self.convs, self.film)):
+            if folded is not None:
+                x = F.conv2d(x, *folded[i], stride=conv.stride, padding=conv.padding)
             else:
+                g, b = film(cond).chunk(2, -1)
                 x = conv(x) * (1 + g[..., None, None]) + b[..., None, None]
             x = F.silu(x)
         pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3)), cond.expand(x.shape[0], -1)], -1)
@@ -117,6 +127,10 @@ class WorldCritic:
     def __init__(self, net: CriticNet, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
         self.net = net.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = torch.device(device), dtype
+        # prompt -> the net's convolutions with its FiLM folded in: kept, as every block of a video has the same prompt
+        # (~0.2 of the ~1.3 ms a block's scoring takes); lru_cache is thread-safe, for a server's sessions
+        self._folded = functools.lru_cache(maxsize=64)(
+            lambda prompt: self.net.folded_convs(_features(prompt)[0].to(self.device, self.dtype)[None]))
 
     @classmethod
     def from_file(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -135,5 +149,4 @@ class WorldCritic:
         f = frames.to(self.device, self.dtype).clamp(0, 1).contiguous()  # decoded frames arrive as a permuted view
         if f.shape[-2:] != (64, 64):
             f = F.interpolate(f, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
-        out = self.net(f, v.to(f)[None], pal.to(f)[None])
-        return out.float().cpu()
+        return self.net(f, v.to(f)[None], pal.to(f)[None], self._folded(prompt)).float().cpu()
