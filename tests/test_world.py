@@ -384,21 +384,26 @@ def test_parallel_training_stopped_by_sigterm_ends_its_stages(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "sdvg.world.train", "--quick", "--parallel", "--threads", "2",
                              "--out", str(tmp_path / "w"), "--work", str(work)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (work / "threads.json").exists() and time.time() < deadline:
+
+    def children() -> list[str]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = open(f"/proc/{pid}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == proc.pid:  # the field after the state: the parent's pid
+                found.append(pid)
+        return found
+
+    started: list[str] = []
+    deadline = time.time() + 60  # the scheduler publishes its thread shares just before it starts the stages
+    while not ((work / "threads.json").exists() and (started := children())) and time.time() < deadline:
         time.sleep(0.2)
-    children = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = open(f"/proc/{pid}/stat").read()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == proc.pid:  # the field after the state: the parent's pid
-            children.append(pid)
-    assert children, "the scheduler started no stage"
+    assert started, "the scheduler started no stage"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) != 0 and "stopped by SIGTERM" in proc.stderr.read()
-    for pid in map(int, children):
+    for pid in map(int, started):
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
