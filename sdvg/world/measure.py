@@ -115,7 +115,7 @@ def stage_card(run: Run) -> None:
     """Evaluate on held-out prompts (target-only, draft-only, SDVG at the middle tau), the critic-evaluator
     Spearman, the forward cost ratio; write world.json and MODEL_CARD.md."""
     from sdvg.world import load_world, read_prompts
-    from sdvg.world.evaluator import evaluate, evaluate_block
+    from sdvg.world.evaluator import evaluate, evaluate_block, frame_scores
     from sdvg.world.render import block_frame_range
 
     run.seed_stage("card")
@@ -124,7 +124,7 @@ def stage_card(run: Run) -> None:
     train = read_prompts("train")[:run.budget.eval_prompts]
     # tau sweep from the critic's block scores on draft blocks of train prompts
     res: dict = {"train": {}, "heldout": {}}
-    crit_scores, block_q, block_a = [], [], []
+    crit_scores, block_q, block_a, oracle = [], [], [], []
     walls: dict[str, list[float]] = {"target": [], "draft": [], "sdvg": []}
     for split, prompts in (("train", train), ("heldout", heldout)):
         rows = {m: [] for m in ("target", "draft")}
@@ -143,11 +143,14 @@ def stage_card(run: Run) -> None:
                         eb = evaluate_block(blk, p, b)
                         block_q.append(eb["quality"])
                         block_a.append(eb["adherence"])
+                        oracle.append(frame_scores(blk, p, s)["adherence"].min().item())
         for m, r in rows.items():
             res[split][m] = {k: round(float(np.mean([x[k] for x in r])), 4) for k in r[0]}
         run.log("card", split=split, target=res[split]["target"]["quality"], draft=res[split]["draft"]["quality"])
     res["critic_spearman_block"] = round(spearman(crit_scores, block_q), 3)
     res["critic_spearman_block_adherence"] = round(spearman(crit_scores, block_a), 3)
+    # the ceiling of a one-frame judge: the evaluator's own per-frame adherence, worst frame, as the block's score
+    res["oracle_spearman_block"] = round(spearman(oracle, block_q), 3)
     res["critic_blocks"] = len(block_q)
     qs = np.quantile(crit_scores, [0.1, 0.3, 0.5, 0.7, 0.9])
     taus = [round(float(q), 3) for q in qs]
