@@ -128,7 +128,8 @@ class WorldCritic:
         self.net = net.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = torch.device(device), dtype
         # prompt -> the net's convolutions with its FiLM folded in: kept, as every block of a video has the same prompt
-        # (~0.2 of the ~1.3 ms a block's scoring takes); lru_cache is thread-safe, for a server's sessions
+        # (~0.2 of the ~1.3 ms a block's scoring takes; so the net must not change once wrapped); lru_cache is
+        # thread-safe, for a server's sessions
         self._folded = functools.lru_cache(maxsize=64)(
             lambda prompt: self.net.folded_convs(_features(prompt)[0].to(self.device, self.dtype)[None]))
 
