@@ -56,7 +56,7 @@ def test_fast_modules_and_chunks_are_exact(stats, zero_past_taps):
     taps are zero (the embedded world's decoder) run per frame."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
-    from sdvg.vae import fast_modules
+    from sdvg.vae_fast import fast_modules
 
     ref_vae = make_vae(5)
     if zero_past_taps:
@@ -96,7 +96,7 @@ def test_sparse_conv2d_is_exact():
     as a 1x1 conv) equals conv2d on everything."""
     import torch.nn.functional as F
 
-    from sdvg.vae import sparse_conv2d
+    from sdvg.vae_fast import sparse_conv2d
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 6, 9, 9, generator=g)

@@ -134,7 +134,7 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  to the palette, and shades each pixel: alpha = clamp(0.5 - distance), pixel = a blend of the object and",
         "  background colours (ReLUs, as SiLUs behind RMS norms with a large gain). So the mean of several plausible",
         "  latents renders as one sharp shape in palette colours. It is written into Wan's modules (every other branch",
-        "  zero, skipped exactly by `sdvg.vae.fast_modules`). The encoder is a",
+        "  zero, skipped exactly by `sdvg.vae_fast.fast_modules`). The encoder is a",
         "  trained, window-local Wan encoder that regresses the latents from pixels (on all colour+shape pairs),",
         "  weighted by what the decoder draws from them (`sdvg.world.train.encoder_loss_weights`): distances within",
         "  4 px of an outline count 5x, object colours count only in cells an object reaches. Unweighted, pixels",

@@ -25,7 +25,7 @@ renders as one sharp shape in palette colours.
 (SiLU(s u)/s ~ relu(u)); the refinements' SiLUs are plain ones beside a constant channel that makes the norm the
 identity; linear pass-through channels sit beside a large constant channel (the norm then divides by
 ~the constant and SiLU(u) ~ u/2); the middle block's attention, with zero queries and keys, is the frame average;
-every other residual branch is zero (`sdvg.vae.fast_modules` skips those exactly).
+every other residual branch is zero (`sdvg.vae_fast.fast_modules` skips those exactly).
 """
 from __future__ import annotations
 
