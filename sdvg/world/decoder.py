@@ -148,6 +148,20 @@ def _eye(dst: torch.Tensor, out0: int, in0: int, n: int, value: float = 1.0) -> 
             dst[out0 + k, in0 + k, cy, cx] = value
 
 
+def _gains(norm, *spans: tuple[int, int, float]) -> None:
+    """An RMS norm's gains: zero but for gain[start:stop] = value per span (channels it does not pass become 0)."""
+    g = norm.gamma.view(-1)
+    g.zero_()
+    for start, stop, value in spans:
+        g[start:stop] = value
+
+
+def _silu_gain(norm, sharp: float = 1.0) -> float:
+    """The gain that makes norm + SiLU compute SiLU(sharp x) beside the _BIG channel (the norm divides by ~BIG /
+    sqrt(C)): SiLU itself at sharp 1, a ReLU times sharp at a large sharp."""
+    return sharp * _BIG / norm.gamma.numel() ** 0.5
+
+
 def _linear_gain(conv) -> float:
     """What undoes an RMS norm (gain 1) + SiLU, linear beside the _BIG channel (they map x to ~x sqrt(C) / 2 BIG)."""
     return 2 * _BIG / conv.weight.shape[1] ** 0.5
@@ -157,10 +171,7 @@ def _snap_block(res) -> None:
     """Step 3 in a residual block at latent resolution: norm1 + SiLU = the binarising ReLUs, conv1 = the pattern
     indicators' pre-activations, norm2 + SiLU = their ReLUs, conv2 = the palette colours into channels _COL.."""
     signs, offsets, cols = _palette()
-    c = res.norm1.gamma.shape[0]
-    g1 = res.norm1.gamma.view(-1)
-    g1.zero_()
-    g1[_PRE:_PRE + 12] = SHARP * _BIG / c ** 0.5
+    _gains(res.norm1, (_PRE, _PRE + 12, _silu_gain(res.norm1, SHARP)))
     cw, cb = res.conv1.weight[:, :, -1, 1, 1], res.conv1.bias
     for which in range(2):  # obj, bg
         for k in range(8):
@@ -171,9 +182,7 @@ def _snap_block(res) -> None:
                 cw[row, src + 1] = -signs[k, ch] / SHARP
             cb[row] = offsets[k]
     cb[16] = _BIG
-    g2 = res.norm2.gamma.view(-1)
-    g2.zero_()
-    g2[0:16] = SHARP * _BIG / c ** 0.5
+    _gains(res.norm2, (0, 16, _silu_gain(res.norm2, SHARP)))
     ow = res.conv2.weight[:, :, -1, 1, 1]
     for which in range(2):
         for ch in range(3):
@@ -233,9 +242,7 @@ def write_decoder(vae, up: FieldUpsampler) -> None:
     _eye(res.conv_shortcut.weight, 0, 0, 2 * w0 + 6)
     h16 = up.r0.out_channels
     for norm, n in ((res.norm1, 2 * w0), (res.norm2, 2 * h16)):
-        g = norm.gamma.view(-1)
-        g.zero_()
-        g[:n] = _BIG / g.numel() ** 0.5
+        _gains(norm, (0, n, _silu_gain(norm)))
     for slot in range(2):
         res.conv1.weight[slot * h16:(slot + 1) * h16, slot * w0:(slot + 1) * w0, -1] = up.r0.weight
         res.conv1.bias[slot * h16:(slot + 1) * h16] = up.r0.bias
@@ -268,27 +275,18 @@ def write_decoder(vae, up: FieldUpsampler) -> None:
     # up_blocks[3].resnets[0], per pixel: the field refinement (p0, p1) reads g (not g0 - 1: zero weights) and is
     # added to g0 and g0 - 1, which become the field f and f - 1
     res = dec.up_blocks[3].resnets[0]
-    c = res.norm1.gamma.numel()
-    g1 = res.norm1.gamma.view(-1)
-    g1.zero_()
-    g1[0:1 + m] = _BIG / c ** 0.5
+    _gains(res.norm1, (0, 1 + m, _silu_gain(res.norm1)))
     cw = res.conv1.weight[:, :, -1, 1, 1]
     cw[:h64, 0], cw[:h64, 2:1 + m] = up.p0.weight[:, 0, 0, 0], up.p0.weight[:, 1:, 0, 0]
     res.conv1.bias[:h64] = up.p0.bias
     res.conv1.bias[h64] = _BIG
-    g2 = res.norm2.gamma.view(-1)
-    g2.zero_()
-    g2[:h64] = _BIG / c ** 0.5
+    _gains(res.norm2, (0, h64, _silu_gain(res.norm2)))
     for row in (0, 1):
         res.conv2.weight[row, :h64, -1, 1, 1] = up.p1.weight[0, :, 0, 0]
         res.conv2.bias[row] = up.p1.bias[0]
     # shading in up_blocks[3].resnets[1]: norm1 + SiLU = relu on f, f - 1 and linear on the colours
     res = dec.up_blocks[3].resnets[1]
-    c = res.norm1.gamma.shape[0]
-    g1 = res.norm1.gamma.view(-1)
-    g1.zero_()
-    g1[0:2] = ALPHA_SHARP * _BIG / c ** 0.5
-    g1[obj:obj + 6] = 1.0
+    _gains(res.norm1, (0, 2, _silu_gain(res.norm1, ALPHA_SHARP)), (obj, obj + 6, 1.0))
     # conv1 -> [p+ 0-2, p- 3-5, BIG 6]: p+- = +-(obj - bg) - K + K alpha, alpha = (relu(f) - relu(f - 1))
     cw, cb = res.conv1.weight[:, :, -1, 1, 1], res.conv1.bias
     lin = _linear_gain(res.conv1)
@@ -300,16 +298,12 @@ def write_decoder(vae, up: FieldUpsampler) -> None:
             cw[row, 1] = -K_SHADE / ALPHA_SHARP
             cb[row] = -K_SHADE
     cb[6] = _BIG
-    g2 = res.norm2.gamma.view(-1)
-    g2.zero_()
-    g2[0:6] = SHADE_SHARP * _BIG / c ** 0.5
+    _gains(res.norm2, (0, 6, _silu_gain(res.norm2, SHADE_SHARP)))
     # conv2 -> the bg channels: bg + relu(p+) - relu(p-), the pixel
     ow = res.conv2.weight[:, :, -1, 1, 1]
     for ch in range(3):
         ow[obj + 3 + ch, ch] = 1 / SHADE_SHARP
         ow[obj + 3 + ch, 3 + ch] = -1 / SHADE_SHARP
     # norm_out + SiLU + conv_out: linear read of the pixel (the VAE clamps to [-1, 1])
-    go = dec.norm_out.gamma.view(-1)
-    go.zero_()
-    go[obj + 3:obj + 6] = 1.0
+    _gains(dec.norm_out, (obj + 3, obj + 6, 1.0))
     _eye(dec.conv_out.weight, 0, obj + 3, 3, _linear_gain(dec.conv_out))
