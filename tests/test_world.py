@@ -263,8 +263,8 @@ def test_encoder_loss_weights_follow_what_the_decoder_draws():
 
 
 def test_deepened_target_computes_the_trained_one():
-    """`deepen` (the target's last training phase starts from it): twice the layers, the same output, and the new
-    layers train (their zero output projections get gradients)."""
+    """`deepen` (each of the target's deepening phases starts from it): more layers, twice or not a multiple, the
+    same output, and the new layers train (their zero output projections get gradients)."""
     from dataclasses import replace
 
     from sdvg.wan import WanDiT
@@ -274,15 +274,18 @@ def test_deepened_target_computes_the_trained_one():
     torch.manual_seed(0)
     small = replace(spec.DRAFTER, num_layers=2)
     src = WanDiT(small).eval()
-    deep = deepen(src, replace(small, num_layers=4)).eval()
     x, ctx = torch.randn(1, spec.Z_DIM, 6, 8, 8), torch.randn(1, spec.TEXT_LEN, spec.TEXT_DIM)
     t = torch.tensor([[0.0] * 3 + [937.5] * 3])
-    with torch.no_grad():
-        torch.testing.assert_close(deep(x, t, ctx, block_frames=3), src(x, t, ctx, block_frames=3), rtol=0, atol=0)
-    deep(x, t, ctx, block_frames=3).square().mean().backward()
-    assert deep.blocks[1].ffn[2].weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="multiple"):
-        deepen(src, replace(small, num_layers=3))
+    for n, copies in ((4, (1, 3)), (3, (1,))):
+        deep = deepen(src, replace(small, num_layers=n)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(deep(x, t, ctx, block_frames=3), src(x, t, ctx, block_frames=3), rtol=0,
+                                       atol=0)
+        assert [i for i in range(n) if not deep.blocks[i].ffn[2].weight.any()] == list(copies)
+        deep(x, t, ctx, block_frames=3).square().mean().backward()
+        assert deep.blocks[1].ffn[2].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="fewer"):
+        deepen(src, replace(small, num_layers=1))
 
 
 @needs_weights

@@ -44,15 +44,16 @@ class Budget:
     target_refine_steps: int = 1600
     target_role_steps: int = 1200
     target_deep_steps: int = 900
+    target_grow_steps: int = 450
     drafter_steps: int = 3000
     dit_batch: int = 16
     critic_rollouts: int = 512
-    critic_steps: int = 6000
+    critic_steps: int = 3000
     eval_prompts: int = 12
 
 
 QUICK = Budget(field_steps=4, encoder_steps=2, target_steps=3, target_refine_steps=2, target_role_steps=2,
-               target_deep_steps=2, drafter_steps=2, dit_batch=2, critic_rollouts=2, critic_steps=3, eval_prompts=2)
+               target_deep_steps=2, target_grow_steps=2, drafter_steps=2, dit_batch=2, critic_rollouts=2, critic_steps=3, eval_prompts=2)
 
 
 class Run:
@@ -378,26 +379,28 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool,
 
 
 ROLE_WEIGHT = 0.05
-TARGET_GROWTH = 2  # the target trains at half depth, then is deepened (`deepen`)
-TARGET_STORE_DTYPE = torch.float16  # the shipped target's weights (as Wan releases ship half precision): 13 MB, not 26
+# The target's depths: trained at the first in three phases, then deepened (`deepen`) to each next one and fine-tuned
+# there (depth up-scaling: deepening a trained model costs far less than training the deep one from scratch).
+TARGET_DEPTHS = (12, 24, spec.TARGET.num_layers)
+DIT_STORE_DTYPE = torch.float16  # the shipped DiTs' weights (as Wan releases ship half precision): 17 + 1 MB, not 37
 
 
 def deepen(src, cfg):
-    """A `cfg.num_layers`-deep WanDiT that computes exactly what the shallower trained `src` computes: every trained
-    layer is followed by copies of itself whose output projections (self-attention, cross-attention, FFN) are zero,
-    so they start as identities and fine-tuning grows them (depth up-scaling: deepening a trained model costs far
-    less than training the deep one from scratch)."""
+    """A `cfg.num_layers`-deep WanDiT that computes exactly what the shallower trained `src` computes: the trained
+    layers in order, each followed by its share of copies of itself (spread evenly over the depth) whose output
+    projections (self-attention, cross-attention, FFN) are zero, so they start as identities and fine-tuning grows
+    them."""
     from sdvg.wan import WanDiT
 
     n_src, n = len(src.blocks), cfg.num_layers
-    if n % n_src:
-        raise ValueError(f"cannot deepen {n_src} layers to {n}: not a multiple")
+    if n < n_src:
+        raise ValueError(f"cannot deepen {n_src} layers to {n}: fewer layers")
     dit = WanDiT(cfg)
     state = {k: v for k, v in src.state_dict().items() if not k.startswith("blocks.")}
-    per = n // n_src
     for i in range(n):
-        block = src.blocks[i // per].state_dict()
-        if i % per:
+        j = i * n_src // n  # the trained layer this one copies; its first copy is the trained layer itself
+        block = src.blocks[j].state_dict()
+        if i and (i - 1) * n_src // n == j:
             for key in ("self_attn.o", "cross_attn.o", "ffn.2"):
                 block[f"{key}.weight"] = torch.zeros_like(block[f"{key}.weight"])
                 block[f"{key}.bias"] = torch.zeros_like(block[f"{key}.bias"])
@@ -407,41 +410,54 @@ def deepen(src, cfg):
 
 
 def stage_target(run: Run) -> None:
-    """The target and the world's text encoder, trained together at half depth (the encoder is frozen afterwards),
-    then deepened to the shipped depth and fine-tuned."""
+    """The target and the world's text encoder, trained together at the first of `TARGET_DEPTHS` (the encoder is
+    frozen afterwards), then deepened to each next depth and fine-tuned there (the last is the shipped one)."""
     import shutil
 
     from sdvg.checkpoints import load_dit, save_dit
 
     phase1, phase2, phase3 = (run.work / f"target_phase{i}" for i in (1, 2, 3))
-    deep_init = run.work / "target_deep_init"
-    half = replace(spec.TARGET, num_layers=spec.TARGET.num_layers // TARGET_GROWTH)
-    if not (phase1 / "target.safetensors").exists():
-        train_dit(run, "target", half, run.budget.target_steps, 2e-3, train_text=True, out=phase1)
-    if not (phase2 / "target.safetensors").exists():
+    first, *deeper = TARGET_DEPTHS
+    cfgs = [replace(spec.TARGET, num_layers=n) for n in TARGET_DEPTHS]
+    deep_out = [run.work / f"target_depth{n}" for n in deeper[:-1]] + [run.out]
+    deep_steps = (run.budget.target_deep_steps, run.budget.target_grow_steps)
+    if len(deeper) != len(deep_steps):
+        raise ValueError(f"TARGET_DEPTHS {TARGET_DEPTHS}: one step budget per deepening, got {len(deep_steps)}")
+    resumed = (deep_out[0] / "target.safetensors").exists()  # the first deepened target is done: skip to the next
+    if not resumed and not (phase1 / "target.safetensors").exists():
+        train_dit(run, "target", cfgs[0], run.budget.target_steps, 2e-3, train_text=True, out=phase1)
+    if not resumed and not (phase2 / "target.safetensors").exists():
         # a second, lower-lr phase (its own warm-up and cosine): the colour channels are the last to settle
-        train_dit(run, "target", half, run.budget.target_refine_steps, 5e-4, train_text=True, init=phase1,
+        train_dit(run, "target", cfgs[0], run.budget.target_refine_steps, 5e-4, train_text=True, init=phase1,
                   out=phase2)
-    if not (phase3 / "target.safetensors").exists():
+    if not resumed and not (phase3 / "target.safetensors").exists():
         # a third phase adds a probe of the text encoder's token roles (whose colour each colour word is): trained on
         # the video loss alone, the target painted unseen colour+shape pairs in swapped or wrong colours
-        train_dit(run, "target", half, run.budget.target_role_steps, 3e-4, train_text=True, init=phase2,
+        train_dit(run, "target", cfgs[0], run.budget.target_role_steps, 3e-4, train_text=True, init=phase2,
                   out=phase3, phase="target-roles", role_weight=ROLE_WEIGHT)
-    # the text encoder is final from here on (the drafter trains on it too)
-    shutil.copytree(phase3 / "text_encoder", run.out / "text_encoder", dirs_exist_ok=True)
-    if not (deep_init / "target.safetensors").exists():
-        save_dit(deepen(load_dit(phase3 / "target.safetensors", half), spec.TARGET), deep_init / "target.safetensors")
+    if not resumed:  # the text encoder is final from here on (the drafter trains on it too)
+        shutil.copytree(phase3 / "text_encoder", run.out / "text_encoder", dirs_exist_ok=True)
     # the deep target costs what a target should against the drafter, the decode and the critic (the model card's
     # Cost): the 14B's block is ~10x the 1.3B's and well over 8x a decode + ImageReward
-    train_dit(run, "target", spec.TARGET, run.budget.target_deep_steps, 3e-4, train_text=False, init=deep_init,
-              phase="target-deep", store_dtype=TARGET_STORE_DTYPE)
+    src = phase3
+    for k, (cfg, out, steps) in enumerate(zip(cfgs[1:], deep_out, deep_steps)):
+        init = run.work / f"target_depth{cfg.num_layers}_init"
+        if out != run.out and (out / "target.safetensors").exists():
+            src = out
+            continue
+        if not (init / "target.safetensors").exists():
+            save_dit(deepen(load_dit(src / "target.safetensors", cfgs[k]), cfg), init / "target.safetensors")
+        train_dit(run, "target", cfg, steps, 3e-4 if k == 0 else 2e-4, train_text=False, init=init, out=out,
+                  phase="target-deep" if k == 0 else f"target-deep{cfg.num_layers}", store_dtype=DIT_STORE_DTYPE)
+        src = out
 
 
 def stage_drafter(run: Run) -> None:
     """The drafter: the same recipe for a 3-layer, 96-wide DiT (the model card's Cost: its multiply-adds and wall
     time against the target's), on the frozen text encoder. Its step budget sets the drafter/target gap: this toy
     task saturates small models (the model card's Drafter line gives what 2500 and 6000 steps measured)."""
-    train_dit(run, "drafter", spec.DRAFTER, run.budget.drafter_steps, 3e-3, train_text=False)
+    train_dit(run, "drafter", spec.DRAFTER, run.budget.drafter_steps, 3e-3, train_text=False,
+              store_dtype=DIT_STORE_DTYPE)
 
 
 STAGES = {"vae": stage_vae, "target": stage_target, "drafter": stage_drafter,
@@ -459,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
                         "from run to run in the DiT stages")
     p.add_argument("--parallel", action="store_true",
                    help="run independent stages side by side, sharing --threads among them (fastest on 2+ cores; "
-                        "not bit-reproducible): `--threads 2 --parallel` trains everything in ~100 min on 2 cores")
+                        "not bit-reproducible): `--threads 2 --parallel` trains everything in ~112 min on 2 cores")
     p.add_argument("--thread-shares", default=None, help=argparse.SUPPRESS)  # set by --parallel for its children
     p.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test of the script)")
     args = p.parse_args(argv)
