@@ -417,13 +417,14 @@ def stage_target(run: Run) -> None:
     from sdvg.checkpoints import load_dit, save_dit
 
     phase1, phase2, phase3 = (run.work / f"target_phase{i}" for i in (1, 2, 3))
-    first, *deeper = TARGET_DEPTHS
+    deeper = TARGET_DEPTHS[1:]
     cfgs = [replace(spec.TARGET, num_layers=n) for n in TARGET_DEPTHS]
     deep_out = [run.work / f"target_depth{n}" for n in deeper[:-1]] + [run.out]
     deep_steps = (run.budget.target_deep_steps, run.budget.target_grow_steps)
     if len(deeper) != len(deep_steps):
         raise ValueError(f"TARGET_DEPTHS {TARGET_DEPTHS}: one step budget per deepening, got {len(deep_steps)}")
-    resumed = (deep_out[0] / "target.safetensors").exists()  # the first deepened target is done: skip to the next
+    # the first deepened target is done (and is not the shipped one): skip to the next depth
+    resumed = deep_out[0] != run.out and (deep_out[0] / "target.safetensors").exists()
     if not resumed and not (phase1 / "target.safetensors").exists():
         train_dit(run, "target", cfgs[0], run.budget.target_steps, 2e-3, train_text=True, out=phase1)
     if not resumed and not (phase2 / "target.safetensors").exists():
