@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdvg.world import WEIGHTS_DIR, read_prompts
+from sdvg.world import WEIGHTS_DIR, read_prompts, spec
 from sdvg.world.evaluator import evaluate, evaluate_block, frame_scores
 from sdvg.world.grammar import VOCABULARY, PromptError, parse, prompt_lists
 from sdvg.world.render import block_frame_range, frames_for, render, trajectory
@@ -357,6 +357,11 @@ def test_training_recipe_quick_end_to_end(tmp_path):
     w = load_world(weights=out)
     frames, trace = generate(w, "a red circle moving down", "sdvg", seed=0, scorer=w.scorer, tau=w.default_tau)
     assert frames.shape == (w.video.num_frames, 3, 64, 64) and len(trace.blocks) == w.video.num_blocks
+    # a rerun of the target stage resumes after its last intermediate depth: only the last deepening trains again
+    n = len(read_jsonl(out / "train_log.jsonl"))
+    main(["--quick", "--out", str(out), "--work", str(tmp_path / "work"), "--stages", "target"])
+    trained = {r["stage"] for r in read_jsonl(out / "train_log.jsonl")[n:] if "step" in r}
+    assert trained == {f"target-deep{spec.TARGET.num_layers}"}, trained
 
 
 def test_parallel_training_shares_threads_and_stops_on_a_failed_stage(tmp_path):
