@@ -189,7 +189,6 @@ def test_designed_decoder_written_into_a_wan_vae():
     from diffusers import AutoencoderKLWan
 
     from sdvg.vae import StreamingDecoder
-    from sdvg.world import spec
     from sdvg.world.data import scene_latents
     from sdvg.world.decoder import FieldUpsampler, shade, snap_colours, write_decoder
 
@@ -232,7 +231,6 @@ def test_dit_training_step_on_tiny_model():
     from sdvg.config import SamplerConfig
     from sdvg.sampler import schedule_table, timesteps
     from sdvg.wan import WanDiT
-    from sdvg.world import spec
     from sdvg.world.train import dit_step
 
     torch.manual_seed(0)
@@ -268,7 +266,6 @@ def test_deepened_target_computes_the_trained_one():
     from dataclasses import replace
 
     from sdvg.wan import WanDiT
-    from sdvg.world import spec
     from sdvg.world.train import deepen
 
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ VAE_KWARGS = dict(base_dim=8, decoder_base_dim=12, z_dim=Z_DIM, dim_mult=[1, 2, 
 # Same class, two sizes. On a CPU these small models are overhead-bound, so wall time follows the layer count more
 # than the multiply-adds: 32 layers vs 3 makes the drafter's block under 1/10 of the target's (1.3B : 14B is ~1/10)
 # and the target's block ~10x a decode + critic (the model card's Cost; the real pair: over 10x). The target trains
-# at 12 layers and is then deepened twice (sdvg.world.train.TARGET_DEPTHS).
+# at 12 layers and is then deepened twice (sdvg.world.train.TARGET_DEEPENINGS).
 TARGET = DiTConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=32, in_dim=Z_DIM, out_dim=Z_DIM,
                    text_dim=TEXT_DIM, text_len=TEXT_LEN, freq_dim=64)
 DRAFTER = DiTConfig(dim=96, ffn_dim=384, num_heads=2, num_layers=3, in_dim=Z_DIM, out_dim=Z_DIM,

@@ -53,7 +53,8 @@ class Budget:
 
 
 QUICK = Budget(field_steps=4, encoder_steps=2, target_steps=3, target_refine_steps=2, target_role_steps=2,
-               target_deep_steps=2, target_grow_steps=2, drafter_steps=2, dit_batch=2, critic_rollouts=2, critic_steps=3, eval_prompts=2)
+               target_deep_steps=2, target_grow_steps=2, drafter_steps=2, dit_batch=2, critic_rollouts=2,
+               critic_steps=3, eval_prompts=2)
 
 
 class Run:
@@ -379,9 +380,12 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool,
 
 
 ROLE_WEIGHT = 0.05
-# The target's depths: trained at the first in three phases, then deepened (`deepen`) to each next one and fine-tuned
-# there (depth up-scaling: deepening a trained model costs far less than training the deep one from scratch).
-TARGET_DEPTHS = (12, 24, spec.TARGET.num_layers)
+# The target trains at TARGET_FIRST_DEPTH layers in three phases, then each deepening (`deepen`) grows it to the next
+# depth and fine-tunes it there (depth up-scaling: deepening a trained model costs far less than training the deep one
+# from scratch): (depth, its Budget field of steps, lr, log phase); the last depth is the shipped one.
+TARGET_FIRST_DEPTH = 12
+TARGET_DEEPENINGS = ((24, "target_deep_steps", 3e-4, "target-deep"),
+                     (spec.TARGET.num_layers, "target_grow_steps", 2e-4, f"target-deep{spec.TARGET.num_layers}"))
 DIT_STORE_DTYPE = torch.float16  # the shipped DiTs' weights (as Wan releases ship half precision): 17 + 1 MB, not 37
 
 
@@ -410,47 +414,43 @@ def deepen(src, cfg):
 
 
 def stage_target(run: Run) -> None:
-    """The target and the world's text encoder, trained together at the first of `TARGET_DEPTHS` (the encoder is
-    frozen afterwards), then deepened to each next depth and fine-tuned there (the last is the shipped one)."""
+    """The target and the world's text encoder, trained together at `TARGET_FIRST_DEPTH` (the encoder is frozen
+    afterwards), then deepened and fine-tuned by each of `TARGET_DEEPENINGS` (the last writes the shipped target).
+    A rerun resumes after the last finished phase: each leaves its checkpoint in --work."""
     import shutil
 
     from sdvg.checkpoints import load_dit, save_dit
 
     phase1, phase2, phase3 = (run.work / f"target_phase{i}" for i in (1, 2, 3))
-    deeper = TARGET_DEPTHS[1:]
-    cfgs = [replace(spec.TARGET, num_layers=n) for n in TARGET_DEPTHS]
-    deep_out = [run.work / f"target_depth{n}" for n in deeper[:-1]] + [run.out]
-    deep_steps = (run.budget.target_deep_steps, run.budget.target_grow_steps)
-    if len(deeper) != len(deep_steps):
-        raise ValueError(f"TARGET_DEPTHS {TARGET_DEPTHS}: one step budget per deepening, got {len(deep_steps)}")
-    # the first deepened target is done (and is not the shipped one): skip to the next depth
-    resumed = deep_out[0] != run.out and (deep_out[0] / "target.safetensors").exists()
-    if not resumed and not (phase1 / "target.safetensors").exists():
-        train_dit(run, "target", cfgs[0], run.budget.target_steps, 2e-3, train_text=True, out=phase1)
-    if not resumed and not (phase2 / "target.safetensors").exists():
-        # a second, lower-lr phase (its own warm-up and cosine): the colour channels are the last to settle
-        train_dit(run, "target", cfgs[0], run.budget.target_refine_steps, 5e-4, train_text=True, init=phase1,
-                  out=phase2)
-    if not resumed and not (phase3 / "target.safetensors").exists():
-        # a third phase adds a probe of the text encoder's token roles (whose colour each colour word is): trained on
-        # the video loss alone, the target painted unseen colour+shape pairs in swapped or wrong colours
-        train_dit(run, "target", cfgs[0], run.budget.target_role_steps, 3e-4, train_text=True, init=phase2,
-                  out=phase3, phase="target-roles", role_weight=ROLE_WEIGHT)
-    if not resumed:  # the text encoder is final from here on (the drafter trains on it too)
+    depths = [TARGET_FIRST_DEPTH] + [d for d, *_ in TARGET_DEEPENINGS]
+    cfgs = [replace(spec.TARGET, num_layers=n) for n in depths]
+    outs = [phase3] + [run.work / f"target_depth{d}" for d in depths[1:-1]] + [run.out]
+    # the deepenings still to run: those after the last intermediate depth already written (never the shipped one)
+    start = max((k for k in range(1, len(outs) - 1) if (outs[k] / "target.safetensors").exists()), default=0)
+    if start == 0:
+        if not (phase1 / "target.safetensors").exists():
+            train_dit(run, "target", cfgs[0], run.budget.target_steps, 2e-3, train_text=True, out=phase1)
+        if not (phase2 / "target.safetensors").exists():
+            # a second, lower-lr phase (its own warm-up and cosine): the colour channels are the last to settle
+            train_dit(run, "target", cfgs[0], run.budget.target_refine_steps, 5e-4, train_text=True, init=phase1,
+                      out=phase2)
+        if not (phase3 / "target.safetensors").exists():
+            # a third phase adds a probe of the text encoder's token roles (whose colour each colour word is): trained
+            # on the video loss alone, the target painted unseen colour+shape pairs in swapped or wrong colours
+            train_dit(run, "target", cfgs[0], run.budget.target_role_steps, 3e-4, train_text=True, init=phase2,
+                      out=phase3, phase="target-roles", role_weight=ROLE_WEIGHT)
+        # the text encoder is final from here on (the drafter trains on it too)
         shutil.copytree(phase3 / "text_encoder", run.out / "text_encoder", dirs_exist_ok=True)
     # the deep target costs what a target should against the drafter, the decode and the critic (the model card's
     # Cost): the 14B's block is ~10x the 1.3B's and well over 8x a decode + ImageReward
-    src = phase3
-    for k, (cfg, out, steps) in enumerate(zip(cfgs[1:], deep_out, deep_steps)):
-        init = run.work / f"target_depth{cfg.num_layers}_init"
-        if out != run.out and (out / "target.safetensors").exists():
-            src = out
-            continue
+    for k in range(start, len(TARGET_DEEPENINGS)):
+        depth, budget_field, lr, phase = TARGET_DEEPENINGS[k]
+        init = run.work / f"target_depth{depth}_init"
         if not (init / "target.safetensors").exists():
-            save_dit(deepen(load_dit(src / "target.safetensors", cfgs[k]), cfg), init / "target.safetensors")
-        train_dit(run, "target", cfg, steps, 3e-4 if k == 0 else 2e-4, train_text=False, init=init, out=out,
-                  phase="target-deep" if k == 0 else f"target-deep{cfg.num_layers}", store_dtype=DIT_STORE_DTYPE)
-        src = out
+            src = load_dit(outs[k] / "target.safetensors", cfgs[k])
+            save_dit(deepen(src, cfgs[k + 1]), init / "target.safetensors")
+        train_dit(run, "target", cfgs[k + 1], getattr(run.budget, budget_field), lr, train_text=False, init=init,
+                  out=outs[k + 1], phase=phase, store_dtype=DIT_STORE_DTYPE)
 
 
 def stage_drafter(run: Run) -> None:
