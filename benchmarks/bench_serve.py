@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=20)
     ap.add_argument("--screenshot", default=None)
     a = ap.parse_args()
+    if a.screenshot and not shutil.which("chromium"):  # before minutes of measuring, not after
+        ap.error("--screenshot drives Debian's chromium, and none is on PATH: install it (apt install chromium) or "
+                 "leave out --screenshot to measure only")
 
     from sdvg.loading import load_world_models
     from sdvg.serve import encode_frames

@@ -347,7 +347,11 @@ def test_training_recipe_quick_end_to_end(tmp_path):
     assert [r["started"] for r in rows if "started" in r][:2] == ["vae", "target"]  # side by side, one core each
     assert {r["threads"] for r in rows if r.get("started") in ("vae", "target")} == {1}
     assert json.loads((out / "world.json").read_text())["parallel_wall_s"] > 0  # not the overlapping stages' sum
-    assert "--threads 2 --parallel`" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "--threads 2 --parallel`" in card
+    # the card measures both kinds of prompt, each on its own rows too
+    assert json.loads((out / "world.json").read_text())["metrics"]["heldout"]["prompts"] == {"one": 1, "two": 1}
+    assert "| held-out, two objects, target-only |" in card and "two-object prompts" in card
     for f in ("target.safetensors", "drafter.safetensors", "critic.safetensors", "vae", "text_encoder", "world.json",
               "MODEL_CARD.md", "strip.png", "train_log.jsonl"):
         assert (out / f).exists(), f

@@ -33,6 +33,28 @@ def generate(models, prompt: str, mode: str, seed: int, num_blocks: int | None =
     return out.frames, out.trace
 
 
+KINDS = ("one", "two")  # prompts with one object, with two
+
+
+def prompt_kind(prompt: str) -> str:
+    """'one' or 'two': how many objects the prompt asks for."""
+    from sdvg.world.grammar import parse
+
+    return KINDS[len(parse(prompt).objects) - 1]
+
+
+def spread(prompts: list[str], n: int | None) -> list[str]:
+    """n prompts spread evenly over a prompt file, first and last included (all of them for None): each file ends
+    with its two-object prompts, so a short budget still measures both kinds."""
+    if n is None or n >= len(prompts):
+        return prompts
+    return [prompts[i] for i in np.linspace(0, len(prompts) - 1, n).round().astype(int)]
+
+
+def _means(rows: list[dict]) -> dict[str, float]:
+    return {k: round(float(np.mean([x[k] for x in rows])), 4) for k in rows[0]}
+
+
 def spearman(a, b) -> float:
     ra = np.argsort(np.argsort(np.asarray(a, dtype=np.float64)))
     rb = np.argsort(np.argsort(np.asarray(b, dtype=np.float64)))
@@ -120,14 +142,15 @@ def stage_card(run: Run) -> None:
 
     run.seed_stage("card")
     world = load_world(weights=run.out)
-    heldout = read_prompts("heldout")[:run.budget.eval_prompts]
-    train = read_prompts("train")[:run.budget.eval_prompts]
-    # tau sweep from the critic's block scores on draft blocks of train prompts
+    heldout = spread(read_prompts("heldout"), run.budget.card_prompts)
+    train = spread(read_prompts("train"), run.budget.card_prompts)
+    # tau sweep from the critic's block scores on draft blocks of both splits
     res: dict = {"train": {}, "heldout": {}}
-    crit_scores, block_q, block_a, oracle = [], [], [], []
+    crit_scores, block_q, block_a, oracle, block_kind = [], [], [], [], []
     walls: dict[str, list[float]] = {"target": [], "draft": [], "sdvg": []}
     for split, prompts in (("train", train), ("heldout", heldout)):
         rows = {m: [] for m in ("target", "draft")}
+        kinds = [prompt_kind(p) for p in prompts]
         for i, p in enumerate(prompts):
             seed = derive_seed("card", run.seed, split, i) % 2**31
             for mode in ("target", "draft"):
@@ -144,14 +167,25 @@ def stage_card(run: Run) -> None:
                         block_q.append(eb["quality"])
                         block_a.append(eb["adherence"])
                         oracle.append(frame_scores(blk, p, s)["adherence"].min().item())
+                        block_kind.append(kinds[i])
         for m, r in rows.items():
-            res[split][m] = {k: round(float(np.mean([x[k] for x in r])), 4) for k in r[0]}
+            res[split][m] = _means(r)
+            for kind in KINDS:  # the same, by number of objects (the models differ most there)
+                if kind in kinds:
+                    res[split][f"{m}_{kind}"] = _means([x for x, k in zip(r, kinds) if k == kind])
+        res[split]["prompts"] = {kind: kinds.count(kind) for kind in KINDS}
         run.log("card", split=split, target=res[split]["target"]["quality"], draft=res[split]["draft"]["quality"])
     res["critic_spearman_block"] = round(spearman(crit_scores, block_q), 3)
     res["critic_spearman_block_adherence"] = round(spearman(crit_scores, block_a), 3)
     # the ceiling of a one-frame judge: the evaluator's own per-frame adherence, worst frame, as the block's score
     res["oracle_spearman_block"] = round(spearman(oracle, block_q), 3)
     res["critic_blocks"] = len(block_q)
+    for kind in KINDS:  # within one kind of prompt: no ranking of one kind's blocks above the other's
+        sel = [j for j, k in enumerate(block_kind) if k == kind]
+        if len(sel) > 2:
+            q = [block_q[j] for j in sel]
+            res[f"critic_spearman_block_{kind}"] = round(spearman([crit_scores[j] for j in sel], q), 3)
+            res[f"oracle_spearman_block_{kind}"] = round(spearman([oracle[j] for j in sel], q), 3)
     qs = np.quantile(crit_scores, [0.1, 0.3, 0.5, 0.7, 0.9])
     taus = [round(float(q), 3) for q in qs]
     res["default_taus"], res["default_tau"] = taus, taus[2]
@@ -165,6 +199,12 @@ def stage_card(run: Run) -> None:
         walls["sdvg"].append(tr.wall_s)
     res["heldout"]["sdvg"] = {"quality": round(float(np.mean(sd)), 4), "accept_rate": round(float(np.mean(acc)), 3),
                               "tau": taus[2]}
+    kinds = [prompt_kind(p) for p in heldout]
+    for kind in KINDS:
+        sel = [j for j, k in enumerate(kinds) if k == kind]
+        if sel:
+            res["heldout"]["sdvg"][kind] = {"quality": round(float(np.mean([sd[j] for j in sel])), 4),
+                                            "accept_rate": round(float(np.mean([acc[j] for j in sel])), 3)}
     res["cost"] = forward_cost(world) | block_costs(world, heldout[:4])
     # wall time per video (the first video of each mode includes warm-up; medians make that harmless)
     res["wall_s"] = {m: round(float(np.median(w)), 3) for m, w in walls.items()}

@@ -49,12 +49,13 @@ class Budget:
     dit_batch: int = 16
     critic_rollouts: int = 512
     critic_steps: int = 3000
-    eval_prompts: int = 12
+    eval_prompts: int = 12  # held-out videos the VAE stage measures
+    card_prompts: int | None = None  # prompts per split the card evaluates (None: every prompt of both files)
 
 
 QUICK = Budget(field_steps=4, encoder_steps=2, target_steps=3, target_refine_steps=2, target_role_steps=2,
                target_deep_steps=2, target_grow_steps=2, drafter_steps=2, dit_batch=2, critic_rollouts=2,
-               critic_steps=3, eval_prompts=2)
+               critic_steps=3, eval_prompts=2, card_prompts=2)
 
 
 class Run:
