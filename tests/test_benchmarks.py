@@ -15,3 +15,23 @@ def test_gpu_costs_tiny_runs_on_the_cpu():
     for line in ("1. per block", "target / (decode + score)", "accept 0.73: sequential", "overlapped",
                  "ImageReward one call per block", "one frame per call"):
         assert line in out.stdout, out.stdout
+
+
+def test_world_bench_by_kind_splits_a_finished_run(tmp_path):
+    """A two-prompt world bench (one prompt of each kind), then the by-kind split the README's table comes from."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving down on a black background\n"
+                       "a big black square moving left and a red square standing still on a yellow background\n")
+    out = tmp_path / "bench"
+    run = subprocess.run([sys.executable, "-m", "sdvg", "bench", "--prompts", str(prompts), "--modes",
+                          "target,sdvg,random", "--taus", "0.5", "--num-blocks", "3", "--no-warmup", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    split = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world_bench_by_kind.py"), str(out)],
+                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert split.returncode == 0, split.stderr[-2000:]
+    for line in ("== one object: 1 videos", "== two objects: 1 videos", "sdvg@0.5", "SDVG - random at tau 0.5"):
+        assert line in split.stdout, split.stdout
+    empty = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world_bench_by_kind.py"), str(tmp_path)],
+                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert empty.returncode != 0 and "no finished bench rows" in empty.stderr

@@ -223,7 +223,8 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "",
         f"- SDVG on held-out prompts at the middle tau ({sd.get('tau')}) with the critic as scorer: quality "
         f"{sd.get('quality')}, accept rate {sd.get('accept_rate')} (block 0 is always made by the target)"
-        + "".join(f"; {KIND_NAMES[k]} prompts {sd[k]['quality']:.3f} at {sd[k]['accept_rate']:.2f} accepted" for k in KIND_NAMES if k in sd)
+        + "".join(f"; {KIND_NAMES[k]} prompts {sd[k]['quality']:.3f} at {sd[k]['accept_rate']:.2f} accepted"
+                  for k in KIND_NAMES if k in sd)
         + ".",
         f"- Critic vs evaluator, per block (min-frame critic score vs block quality, draft-only blocks of both splits): "
         f"Spearman {m['critic_spearman_block']} over {m.get('critic_blocks', '?')} blocks"
