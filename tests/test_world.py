@@ -350,7 +350,8 @@ def test_training_recipe_quick_end_to_end(tmp_path):
     card = (out / "MODEL_CARD.md").read_text()
     assert "--threads 2 --parallel`" in card
     # the card measures both kinds of prompt, each on its own rows too
-    assert json.loads((out / "world.json").read_text())["metrics"]["heldout"]["prompts"] == {"one": 1, "two": 1}
+    heldout = json.loads((out / "world.json").read_text())["metrics"]["heldout"]
+    assert heldout["prompts"] == {"one": 1, "two": 1} and "block0" in heldout["target_two"]
     assert "| held-out, two objects, target-only |" in card and "two-object prompts" in card
     for f in ("target.safetensors", "drafter.safetensors", "critic.safetensors", "vae", "text_encoder", "world.json",
               "MODEL_CARD.md", "strip.png", "train_log.jsonl"):

@@ -137,7 +137,7 @@ def stage_card(run: Run) -> None:
     """Evaluate on held-out prompts (target-only, draft-only, SDVG at the middle tau), the critic-evaluator
     Spearman, the forward cost ratio; write world.json and MODEL_CARD.md."""
     from sdvg.world import load_world, read_prompts
-    from sdvg.world.evaluator import evaluate, evaluate_block, frame_scores
+    from sdvg.world.evaluator import evaluate, evaluate_block, evaluate_blocks, frame_scores
     from sdvg.world.render import block_frame_range
 
     run.seed_stage("card")
@@ -155,7 +155,8 @@ def stage_card(run: Run) -> None:
             seed = derive_seed("card", run.seed, split, i) % 2**31
             for mode in ("target", "draft"):
                 f, tr = generate(world, p, mode, seed)
-                e = evaluate(f, p)
+                blocks = evaluate_blocks(f, p)  # `evaluate` is their mean; block 0 is the one made from text alone
+                e = {k: float(np.mean([b[k] for b in blocks])) for k in blocks[0]} | {"block0": blocks[0]["quality"]}
                 rows[mode].append(e)
                 walls[mode].append(tr.wall_s)
                 if mode == "draft":
