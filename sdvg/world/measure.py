@@ -137,7 +137,7 @@ def stage_card(run: Run) -> None:
     """Evaluate on held-out prompts (target-only, draft-only, SDVG at the middle tau), the critic-evaluator
     Spearman, the forward cost ratio; write world.json and MODEL_CARD.md."""
     from sdvg.world import load_world, read_prompts
-    from sdvg.world.evaluator import evaluate, evaluate_block, evaluate_blocks, frame_scores
+    from sdvg.world.evaluator import evaluate, evaluate_blocks, frame_scores
     from sdvg.world.render import block_frame_range
 
     run.seed_stage("card")
@@ -164,7 +164,7 @@ def stage_card(run: Run) -> None:
                         s, e_ = block_frame_range(b)
                         blk = f[s:e_]
                         crit_scores.append(world.scorer.score(blk, p).min().item())
-                        eb = evaluate_block(blk, p, b)
+                        eb = blocks[b]  # the video's own per-block evaluation, already made above
                         block_q.append(eb["quality"])
                         block_a.append(eb["adherence"])
                         oracle.append(frame_scores(blk, p, s)["adherence"].min().item())
