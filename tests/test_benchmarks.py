@@ -35,3 +35,12 @@ def test_world_bench_by_kind_splits_a_finished_run(tmp_path):
     empty = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world_bench_by_kind.py"), str(tmp_path)],
                            capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert empty.returncode != 0 and "no finished bench rows" in empty.stderr
+
+
+def test_world_text_binding_probe_runs_on_the_shipped_encoder():
+    """The model card's binding figure: a per-kind linear probe of which object a word belongs to (small settings)."""
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world_text_binding.py"), "--prompts", "120",
+                          "--steps", "50"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    accs = {line.split()[0]: float(line.split()[1]) for line in run.stdout.splitlines()[1:]}
+    assert set(accs) == {"colour", "shape", "size", "motion"} and all(0.3 <= a <= 1.0 for a in accs.values()), accs
