@@ -16,38 +16,22 @@ from pathlib import Path
 
 import torch
 
-from sdvg.world.grammar import COLOURS, SHAPES, SIZES, parse, random_scene, tokenize
+from sdvg.world.grammar import random_scene
+from sdvg.world.text import ROLES, token_roles
 
 KINDS = ("colour", "shape", "size", "motion")
 
 
-def word_kind(word: str, position: int) -> str | None:
-    """The kind of a word at `position` within its object's phrase (None: an article or a filler word)."""
-    if word in COLOURS:
-        return "colour"
-    if word in SHAPES and position <= 3:  # not the "circle" of "moving in a circle"
-        return "shape"
-    if word in SIZES:
-        return "size"
-    if word in ("moving", "left", "right", "up", "down", "bouncing", "standing", "still"):
-        return "motion"
-    return None
-
-
 def examples(encoder, prompts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per kind: (embeddings [N, d] of the words of that kind, their object [N]: 0 or 1)."""
-    emb = encoder.encode(prompts)
+    """Per kind: (embeddings [N, d] of the words of that kind, their object [N]: 0 or 1), the words' kinds and objects
+    as the training probe reads them (`sdvg.world.text.token_roles`; motion: the whole motion phrase)."""
+    emb, roles = encoder.encode(prompts), token_roles(prompts)
     out: dict[str, tuple[list, list]] = {k: ([], []) for k in KINDS}
-    for i, p in enumerate(prompts):
-        pos = 0
-        for obj, o in enumerate(parse(p).objects):
-            words = tokenize(o.text)
-            for j, w in enumerate(words):
-                kind = word_kind(w, j)
-                if kind:
-                    out[kind][0].append(emb[i, pos + j])
-                    out[kind][1].append(obj)
-            pos += len(words) + 1  # the "and" between the two objects
+    for i, j in (roles >= 0).nonzero().tolist():
+        kind, _, obj = ROLES[roles[i, j]].partition(" ")
+        if kind in KINDS and obj:
+            out[kind][0].append(emb[i, j])
+            out[kind][1].append(int(obj) - 1)
     return {k: (torch.stack(x), torch.tensor(y)) for k, (x, y) in out.items() if x}
 
 

@@ -160,6 +160,21 @@ def test_text_encoder_zeroes_padding(tmp_path):
         enc.encode(["a red dog"])
 
 
+def test_token_roles_name_each_words_object():
+    """The text encoder's training probe target: which object each word describes and as what; the "and" of
+    "bouncing up and down" and the "a circle" of "moving in a circle" are motion words, not a second object."""
+    from sdvg.world.text import ROLES, token_roles
+
+    prompt = ("a small red circle bouncing up and down that turns blue and a green square moving in a circle "
+              "on a white background")
+    roles = token_roles([prompt, "a red circle"], text_len=32)
+    got = [ROLES[r] for r in roles[0] if r >= 0]
+    assert got == ["article 1", "size 1", "colour 1", "shape 1"] + ["motion 1"] * 6 + ["turns 1", "joiner",
+                   "article 2", "colour 2", "shape 2"] + ["motion 2"] * 4 + ["other", "other", "background", "other"]
+    assert roles[1, :3].tolist() == [ROLES.index(r) for r in ("article 1", "colour 1", "shape 1")]
+    assert (roles[1, 3:] == -100).all()  # </s> and padding are not trained
+
+
 @pytest.mark.parametrize("prompt", ["a small red triangle moving right on a white background",
                                     "a big yellow square bouncing up and down and a blue circle moving in a circle "
                                     "on a magenta background",

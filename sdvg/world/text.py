@@ -41,34 +41,41 @@ def build_encoder(d_model: int = 64, layers: int = 2, heads: int = 4):
     return UMT5EncoderModel(cfg)
 
 
-ROLES = ("other", "colour 1", "colour 2", "turns 1", "turns 2", "background", "shape 1", "shape 2")
+ROLES = ("other", "colour 1", "colour 2", "turns 1", "turns 2", "background", "shape 1", "shape 2",
+         "size 1", "size 2", "motion 1", "motion 2", "article 1", "article 2", "joiner")
 
 
 def token_roles(prompts: list[str], text_len: int = TEXT_LEN) -> torch.Tensor:
-    """[B, text_len] role of each token (an index into ROLES; -100 on padding and </s>): whose colour a colour word
-    is (object 1's, object 2's, a colour change's, the background's) and whose shape a shape word is. A training
-    target for the text encoder (`sdvg.world.train`): a colour word's role is fixed by its neighbours (a shape, or
-    "background", or "turns" before it), so a probe of it teaches the encoder the prompt's structure apart from the
-    words, which is what unseen colour+shape pairs need."""
-    from sdvg.world.grammar import COLOURS, SHAPES
+    """[B, text_len] role of each token (an index into ROLES; -100 on padding and </s>): which object (1 or 2) each
+    word describes and as what (its article, size, colour, shape, motion or colour change), the "and" that joins two
+    objects, the background's colour. A training target for the text encoder (`sdvg.world.train`): UMT5 has relative
+    positions only, and trained on the video loss alone the world's encoder barely marked whose word is whose
+    (`benchmarks/world_text_binding.py`: 66-85%), so the target painted two objects as one blob of both colours."""
+    from sdvg.world.grammar import COLOURS, SHAPES, SIZES
 
     out = torch.full((len(prompts), text_len), -100, dtype=torch.long)
     for i, p in enumerate(prompts):
         words = tokenize(p)[:text_len - 1]
-        shapes = 0  # shape words so far: an object's colour comes before its shape, its colour change after
+        k, field, background = 0, None, False  # object so far, the field expected next, inside "on a .. background"
         for j, w in enumerate(words):
-            nxt = words[j + 1] if j + 1 < len(words) else None
-            role = "other"
-            if w in COLOURS:
-                if j > 0 and words[j - 1] == "turns":
-                    role = f"turns {shapes}"
-                elif nxt == "background":
-                    role = "background"
-                else:
-                    role = f"colour {shapes + 1}"
-            elif w in SHAPES and j > 0 and words[j - 1] in COLOURS:  # not "moving in a circle"
-                shapes += 1
-                role = f"shape {shapes}"
+            nxt, prev = (words[j + 1] if j + 1 < len(words) else None), (words[j - 1] if j else None)
+            if background or w == "on":
+                background = True
+                role = "background" if w in COLOURS else "other"
+            elif w == "and" and nxt in ("a", "an"):  # not "bouncing up and down"
+                role = "joiner"
+            elif w in ("a", "an") and prev in (None, "and"):  # not "moving in a circle"
+                k, field, role = k + 1, "size", f"article {k + 1}"
+            elif field == "size" and w in SIZES:
+                field, role = "colour", f"size {k}"
+            elif field in ("size", "colour") and w in COLOURS:
+                field, role = "shape", f"colour {k}"
+            elif field == "shape" and w in SHAPES:
+                field, role = "motion", f"shape {k}"
+            elif w in COLOURS and prev == "turns":
+                role = f"turns {k}"
+            else:
+                role = f"motion {k}" if k else "other"
             out[i, j] = ROLES.index(role)
     return out
 

@@ -47,6 +47,11 @@ class Budget:
     target_grow_steps: int = 450
     drafter_steps: int = 3000
     dit_batch: int = 16
+    # share of two-object videos: half in the target's half-depth phases (where the text encoder learns which word
+    # belongs to which object, and the target the two lanes), 15% in its deepenings and for the drafter (as prompts
+    # come: the deepenings then settle one-object quality, which a half share cost)
+    target_two_objects: float = 0.5
+    two_objects: float = 0.15
     critic_rollouts: int = 512
     critic_steps: int = 3000
     eval_prompts: int = 12  # held-out videos the VAE stage measures
@@ -239,12 +244,12 @@ def stage_vae(run: Run) -> None:
 
 
 # ---- stages: target, drafter ----------------------------------------------------------------------------------
-def latent_batches(run: Run, name: str, heldout: bool = False, batch: int | None = None):
-    """Endless (normalised latents [B,14,27,8,8], prompts) of fresh videos: the latents are analytic (~1 ms per
-    video), so every step sees new scenes. With a fixed set of 1024 videos the target learnt its train prompts
-    (0.66) far better than held-out colour+shape pairs (0.46)."""
+def latent_batches(run: Run, name: str, heldout: bool = False, batch: int | None = None, p_two: float = 0.15):
+    """Endless (normalised latents [B,14,27,8,8], prompts) of fresh videos, a share `p_two` of them two-object: the
+    latents are analytic (~1 ms per video), so every step sees new scenes. With a fixed set of 1024 videos the target
+    learnt its train prompts (0.66) far better than held-out colour+shape pairs (0.46)."""
     mean, std = (v.view(1, -1, 1, 1, 1) for v in latent_stats(run))
-    stream = scene_stream(derive_seed("dit-data", run.seed, name), heldout=heldout)
+    stream = scene_stream(derive_seed("dit-data", run.seed, name), heldout=heldout, p_two=p_two)
     while True:
         z, scenes, _ = video_latents(stream, batch or run.budget.dit_batch)
         yield (z - mean) / std, [s.prompt for s in scenes]
@@ -301,11 +306,12 @@ def block0_error(dit, enc, tok, lat: torch.Tensor, prompts: list[str], t_list: t
 
 
 def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool, init: Path | None = None,
-              out: Path | None = None, phase: str | None = None, role_weight: float = 0.0,
+              out: Path | None = None, phase: str | None = None, role_weight: float = 0.0, p_two: float = 0.15,
               store_dtype: torch.dtype = torch.float32) -> None:
     """Train a DiT (and, with `train_text`, the text encoder) and save it to `out` (default: the weights folder);
     `init`: a folder holding a previous phase's `<name>.safetensors` (and text_encoder) to continue from;
     `role_weight`: weight of a linear probe's loss on the text encoder's token roles (`sdvg.world.text.token_roles`);
+    `p_two`: the share of two-object videos;
     `store_dtype`: the dtype of the saved weights (loaders cast to the dtype they run in)."""
     from sdvg.checkpoints import save_dit
     from sdvg.config import SamplerConfig
@@ -315,7 +321,7 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool,
 
     phase = phase or (name if init is None else f"{name}-refine")
     rng = run.seed_stage(phase)
-    batches = latent_batches(run, phase)
+    batches = latent_batches(run, phase, p_two=p_two)
     probe_lat, probe_prompts = next(latent_batches(run, "probe", heldout=True, batch=16))
     dit = WanDiT(cfg)
     out = out or run.out
@@ -380,7 +386,9 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool,
         tok.save_pretrained(str(out / "text_encoder"))
 
 
-ROLE_WEIGHT = 0.05
+# weight of the token-role probe in the three half-depth phases: at 0.05 on colour words only, the encoder marked a
+# word's object 66-85% of the time and two-object videos came out one blob (0.21); at 1.0 on every word, 100% (0.40)
+ROLE_WEIGHT = 1.0
 # The target trains at TARGET_FIRST_DEPTH layers in three phases, then each deepening (`deepen`) grows it to the next
 # depth and fine-tunes it there (depth up-scaling: deepening a trained model costs far less than training the deep one
 # from scratch): (depth, its Budget field of steps, lr, log phase); the last depth is the shipped one.
@@ -428,18 +436,19 @@ def stage_target(run: Run) -> None:
     outs = [phase3] + [run.work / f"target_depth{d}" for d in depths[1:-1]] + [run.out]
     # the deepenings still to run: those after the last intermediate depth already written (never the shipped one)
     start = max((k for k in range(1, len(outs) - 1) if (outs[k] / "target.safetensors").exists()), default=0)
+    b = run.budget
+    # every half-depth phase trains the text encoder with a probe of its token roles (which object each word
+    # describes): trained on the video loss alone, the target painted two objects as one blob of both colours
+    first = dict(train_text=True, role_weight=ROLE_WEIGHT, p_two=b.target_two_objects)
     if start == 0:
         if not (phase1 / "target.safetensors").exists():
-            train_dit(run, "target", cfgs[0], run.budget.target_steps, 2e-3, train_text=True, out=phase1)
+            train_dit(run, "target", cfgs[0], b.target_steps, 2e-3, out=phase1, **first)
         if not (phase2 / "target.safetensors").exists():
             # a second, lower-lr phase (its own warm-up and cosine): the colour channels are the last to settle
-            train_dit(run, "target", cfgs[0], run.budget.target_refine_steps, 5e-4, train_text=True, init=phase1,
-                      out=phase2)
+            train_dit(run, "target", cfgs[0], b.target_refine_steps, 5e-4, init=phase1, out=phase2, **first)
         if not (phase3 / "target.safetensors").exists():
-            # a third phase adds a probe of the text encoder's token roles (whose colour each colour word is): trained
-            # on the video loss alone, the target painted unseen colour+shape pairs in swapped or wrong colours
-            train_dit(run, "target", cfgs[0], run.budget.target_role_steps, 3e-4, train_text=True, init=phase2,
-                      out=phase3, phase="target-roles", role_weight=ROLE_WEIGHT)
+            train_dit(run, "target", cfgs[0], b.target_role_steps, 3e-4, init=phase2, out=phase3,
+                      phase="target-roles", **first)
         # the text encoder is final from here on (the drafter trains on it too)
         shutil.copytree(phase3 / "text_encoder", run.out / "text_encoder", dirs_exist_ok=True)
     # the deep target costs what a target should against the drafter, the decode and the critic (the model card's
@@ -450,8 +459,8 @@ def stage_target(run: Run) -> None:
         if not (init / "target.safetensors").exists():
             src = load_dit(outs[k] / "target.safetensors", cfgs[k])
             save_dit(deepen(src, cfgs[k + 1]), init / "target.safetensors")
-        train_dit(run, "target", cfgs[k + 1], getattr(run.budget, budget_field), lr, train_text=False, init=init,
-                  out=outs[k + 1], phase=phase, store_dtype=DIT_STORE_DTYPE)
+        train_dit(run, "target", cfgs[k + 1], getattr(b, budget_field), lr, train_text=False, init=init,
+                  out=outs[k + 1], phase=phase, p_two=b.two_objects, store_dtype=DIT_STORE_DTYPE)
 
 
 def stage_drafter(run: Run) -> None:
@@ -459,7 +468,7 @@ def stage_drafter(run: Run) -> None:
     time against the target's), on the frozen text encoder. Its step budget sets the drafter/target gap: this toy
     task saturates small models (the model card's Drafter line gives what 2500 and 6000 steps measured)."""
     train_dit(run, "drafter", spec.DRAFTER, run.budget.drafter_steps, 3e-3, train_text=False,
-              store_dtype=DIT_STORE_DTYPE)
+              p_two=run.budget.two_objects, store_dtype=DIT_STORE_DTYPE)
 
 
 STAGES = {"vae": stage_vae, "target": stage_target, "drafter": stage_drafter,
