@@ -45,7 +45,7 @@ class Budget:
     target_role_steps: int = 1200
     target_deep_steps: int = 900
     target_grow_steps: int = 450
-    drafter_steps: int = 3000
+    drafter_steps: int = 5000
     dit_batch: int = 16
     # share of two-object videos: half in the target's half-depth phases (where the text encoder learns which word
     # belongs to which object, and the target the two lanes), 15% in its deepenings and for the drafter (as prompts
