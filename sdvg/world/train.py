@@ -244,11 +244,14 @@ def stage_vae(run: Run) -> None:
 
 
 # ---- stages: target, drafter ----------------------------------------------------------------------------------
-def latent_batches(run: Run, name: str, heldout: bool = False, batch: int | None = None, p_two: float = 0.15):
-    """Endless (normalised latents [B,14,27,8,8], prompts) of fresh videos, a share `p_two` of them two-object: the
-    latents are analytic (~1 ms per video), so every step sees new scenes. With a fixed set of 1024 videos the target
-    learnt its train prompts (0.66) far better than held-out colour+shape pairs (0.46)."""
+def latent_batches(run: Run, name: str, heldout: bool = False, batch: int | None = None,
+                   p_two: float | None = None):
+    """Endless (normalised latents [B,14,27,8,8], prompts) of fresh videos, a share `p_two` of them two-object
+    (default `Budget.two_objects`): the latents are analytic (~1 ms per video), so every step sees new scenes. With a
+    fixed set of 1024 videos the target learnt its train prompts (0.66) far better than held-out colour+shape pairs
+    (0.46)."""
     mean, std = (v.view(1, -1, 1, 1, 1) for v in latent_stats(run))
+    p_two = run.budget.two_objects if p_two is None else p_two
     stream = scene_stream(derive_seed("dit-data", run.seed, name), heldout=heldout, p_two=p_two)
     while True:
         z, scenes, _ = video_latents(stream, batch or run.budget.dit_batch)
@@ -306,12 +309,12 @@ def block0_error(dit, enc, tok, lat: torch.Tensor, prompts: list[str], t_list: t
 
 
 def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool, init: Path | None = None,
-              out: Path | None = None, phase: str | None = None, role_weight: float = 0.0, p_two: float = 0.15,
+              out: Path | None = None, phase: str | None = None, role_weight: float = 0.0, p_two: float | None = None,
               store_dtype: torch.dtype = torch.float32) -> None:
     """Train a DiT (and, with `train_text`, the text encoder) and save it to `out` (default: the weights folder);
     `init`: a folder holding a previous phase's `<name>.safetensors` (and text_encoder) to continue from;
     `role_weight`: weight of a linear probe's loss on the text encoder's token roles (`sdvg.world.text.token_roles`);
-    `p_two`: the share of two-object videos;
+    `p_two`: the share of two-object videos (default `Budget.two_objects`);
     `store_dtype`: the dtype of the saved weights (loaders cast to the dtype they run in)."""
     from sdvg.checkpoints import save_dit
     from sdvg.config import SamplerConfig
@@ -387,7 +390,8 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool,
 
 
 # weight of the token-role probe in the three half-depth phases: at 0.05 on colour words only, the encoder marked a
-# word's object 66-85% of the time and two-object videos came out one blob (0.21); at 1.0 on every word, 100% (0.40)
+# word's object 66-85% of the time and two-object videos came out one blob (0.21); at 1.0 on every word, 100% (held-out
+# two-object videos 0.47, the model card)
 ROLE_WEIGHT = 1.0
 # The target trains at TARGET_FIRST_DEPTH layers in three phases, then each deepening (`deepen`) grows it to the next
 # depth and fine-tunes it there (depth up-scaling: deepening a trained model costs far less than training the deep one
@@ -439,16 +443,16 @@ def stage_target(run: Run) -> None:
     b = run.budget
     # every half-depth phase trains the text encoder with a probe of its token roles (which object each word
     # describes): trained on the video loss alone, the target painted two objects as one blob of both colours
-    first = dict(train_text=True, role_weight=ROLE_WEIGHT, p_two=b.target_two_objects)
+    half_depth = dict(train_text=True, role_weight=ROLE_WEIGHT, p_two=b.target_two_objects)
     if start == 0:
         if not (phase1 / "target.safetensors").exists():
-            train_dit(run, "target", cfgs[0], b.target_steps, 2e-3, out=phase1, **first)
+            train_dit(run, "target", cfgs[0], b.target_steps, 2e-3, out=phase1, **half_depth)
         if not (phase2 / "target.safetensors").exists():
             # a second, lower-lr phase (its own warm-up and cosine): the colour channels are the last to settle
-            train_dit(run, "target", cfgs[0], b.target_refine_steps, 5e-4, init=phase1, out=phase2, **first)
+            train_dit(run, "target", cfgs[0], b.target_refine_steps, 5e-4, init=phase1, out=phase2, **half_depth)
         if not (phase3 / "target.safetensors").exists():
             train_dit(run, "target", cfgs[0], b.target_role_steps, 3e-4, init=phase2, out=phase3,
-                      phase="target-roles", **first)
+                      phase="target-roles", **half_depth)
         # the text encoder is final from here on (the drafter trains on it too)
         shutil.copytree(phase3 / "text_encoder", run.out / "text_encoder", dirs_exist_ok=True)
     # the deep target costs what a target should against the drafter, the decode and the critic (the model card's
