@@ -250,7 +250,7 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         + (f" ({m['oracle_spearman_block_one']} within the one-object prompts)" if "oracle_spearman_block_one" in m
            else "")
         + ": the rest of block quality is motion and consistency.",
-        f"- Default tau sweep (deciles 10/30/50/70/90 % of the critic's draft-block scores): {info['default_taus']};"
+        f"- Default tau sweep (every decile, 10-90 %, of the critic's draft-block scores): {info['default_taus']};"
         f" default tau {info['default_tau']}.",
         "",
         *([f"## What it looks like: `{m['strip']['prompt']}` (as `sdvg generate` makes it: seed {m['strip']['seed']})",
