@@ -47,7 +47,8 @@ def main() -> None:
 
     m = load_world_models()
     prompts = list(m.prompts)[: args.prompts]
-    routers = [(f"critic tau={t}", lambda t=t: m.pipeline(tau=t).router) for t in m.default_taus[2:7:2]]  # deciles 30/50/70 %
+    taus = m.default_taus[2:7:2]  # the critic's deciles 30/50/70 %
+    routers = [(f"critic tau={t}", lambda t=t: m.pipeline(tau=t).router) for t in taus]
     routers += [(f"oracle q>={t}", lambda t=t: OracleRouter(t)) for t in (0.3, 0.4, 0.5)]
     pipe = m.pipeline()
     print(f"{len(prompts)} held-out prompts, one seed each; quality = world evaluator, mean over videos")
