@@ -124,6 +124,35 @@ def merge_results(out: Path) -> list[dict]:
     return merged
 
 
+def weights_fingerprint(paths: list[str | Path | None]) -> str:
+    """A short hash of the model files a study runs on (each file's name, size, first and last MiB): resuming a bench
+    in the same --out after the weights changed (the world retrained, another checkpoint at the same path) is then
+    refused instead of mixing two models' rows. Reads at most 2 MiB per file, so a 14B checkpoint costs nothing."""
+    h = hashlib.sha256()
+    for root in (Path(p) for p in paths if p):
+        for f in sorted([root] if root.is_file() else (x for x in root.rglob("*") if x.is_file())):
+            size = f.stat().st_size
+            h.update(f"{f.relative_to(root.parent)}\0{size}\0".encode())
+            with f.open("rb") as fh:
+                h.update(fh.read(2**20))
+                if size > 2**20:
+                    fh.seek(max(2**20, size - 2**20))
+                    h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def model_files(args) -> list:
+    """What `load_models(args)` reads weights from: the checkpoints given, else the built-in world's weights
+    (`--models tiny` is random from a seed: no files)."""
+    if args.drafter or args.target:
+        return [args.drafter, args.target, args.vae, args.text_encoder, args.scorer_path]
+    if args.models == "tiny":
+        return []
+    from sdvg.world import WEIGHTS_DIR
+
+    return [WEIGHTS_DIR]
+
+
 def check_config(out: Path, config: dict, force: bool) -> None:
     """Refuse to mix results of different studies in one --out (unless --force)."""
     path = out / "config.json"
@@ -400,7 +429,8 @@ def bench_main(argv: list[str]) -> int:
                   cache_policy=args.cache_policy, presets=[args.drafter_preset, args.target_preset],
                   recompute_frames=args.recompute_frames, anchor=args.anchor, decoder_rule=args.decoder_rule, runs=[asdict(r) for r in runs], samples=args.samples,
                   seed=args.seed, num_blocks=models.video.num_blocks,
-                  prompts_sha=hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16])
+                  prompts_sha=hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16],
+                  weights=weights_fingerprint(model_files(args)))
     if args.limit is not None:  # after the config hash: `--limit N` and a full run can share one --out
         prompts = prompts[: args.limit]
     if rank == 0:

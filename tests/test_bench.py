@@ -111,3 +111,29 @@ def test_plan_has_the_neighbouring_methods():
     assert keys == ["target", "exact", "percentile-prior", "relative@-0.2", "relative@-0.1", "relative@0", "sdvg@0.3",
                     "cascade-delta@0.3", "vvs@0.3"]
     assert next(r for r in runs if r.label == "percentile-prior").accept_rate == 0.72
+
+
+def test_weights_fingerprint_sees_changed_weights(tmp_path):
+    """A bench resumed after the weights changed is refused (the fingerprint is part of the study's config)."""
+    from sdvg.bench import check_config, weights_fingerprint
+
+    w = tmp_path / "a" / "weights"
+    w.mkdir(parents=True)
+    (w / "target.safetensors").write_bytes(bytes(range(256)) * 20000)  # ~5 MiB: head and tail read
+    (w / "world.json").write_text("{}")
+    fp = weights_fingerprint([w, None])
+    copy = tmp_path / "b" / "weights"
+    copy.mkdir(parents=True)
+    for f in w.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    assert weights_fingerprint([copy]) == fp  # where the files lie does not matter, only what they are
+    data = bytearray((w / "target.safetensors").read_bytes())
+    data[-5] ^= 1  # retrained: the last tensor's bytes differ
+    (w / "target.safetensors").write_bytes(bytes(data))
+    changed = weights_fingerprint([w])
+    assert changed != fp and weights_fingerprint([]) != fp
+    out = tmp_path / "out"
+    out.mkdir()
+    check_config(out, {"weights": fp}, force=False)
+    with pytest.raises(ValueError, match="changed: weights"):
+        check_config(out, {"weights": changed}, force=False)

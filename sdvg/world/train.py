@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
                         "from run to run in the DiT stages")
     p.add_argument("--parallel", action="store_true",
                    help="run independent stages side by side, sharing --threads among them (fastest on 2+ cores; "
-                        "not bit-reproducible): `--threads 2 --parallel` trains everything in ~115 min on 2 cores")
+                        "not bit-reproducible): `--threads 2 --parallel` trained everything in 100 min on 2 cores")
     p.add_argument("--thread-shares", default=None, help=argparse.SUPPRESS)  # set by --parallel for its children
     p.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test of the script)")
     args = p.parse_args(argv)
