@@ -124,13 +124,18 @@ def merge_results(out: Path) -> list[dict]:
     return merged
 
 
+NOT_WEIGHTS = {".md", ".jsonl", ".png"}  # docs, training logs and pictures beside the weights
+
+
 def weights_fingerprint(paths: list[str | Path | None]) -> str:
-    """A short hash of the model files a study runs on (each file's name, size, first and last MiB): resuming a bench
-    in the same --out after the weights changed (the world retrained, another checkpoint at the same path) is then
-    refused instead of mixing two models' rows. Reads at most 2 MiB per file, so a 14B checkpoint costs nothing."""
+    """A short hash of the model files a study runs on (each file's name, size, first and last MiB; in a folder, not
+    its docs or logs): resuming a bench in the same --out after the weights changed (the world retrained, another
+    checkpoint at the same path) is then refused instead of mixing two models' rows. Reads at most 2 MiB per file,
+    so a 14B checkpoint costs nothing."""
     h = hashlib.sha256()
     for root in (Path(p) for p in paths if p):
-        for f in sorted([root] if root.is_file() else (x for x in root.rglob("*") if x.is_file())):
+        files = [root] if root.is_file() else [x for x in root.rglob("*") if x.is_file() and x.suffix not in NOT_WEIGHTS]
+        for f in sorted(files):
             size = f.stat().st_size
             h.update(f"{f.relative_to(root.parent)}\0{size}\0".encode())
             with f.open("rb") as fh:

@@ -127,6 +127,8 @@ def test_weights_fingerprint_sees_changed_weights(tmp_path):
     for f in w.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
     assert weights_fingerprint([copy]) == fp  # where the files lie does not matter, only what they are
+    (w / "MODEL_CARD.md").write_text("regenerated")  # nor the docs and logs beside them
+    assert weights_fingerprint([w]) == fp
     data = bytearray((w / "target.safetensors").read_bytes())
     data[-5] ^= 1  # retrained: the last tensor's bytes differ
     (w / "target.safetensors").write_bytes(bytes(data))
