@@ -44,10 +44,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from sdvg.loading import load_world_models
+    from sdvg.world.measure import TAU_QUANTILES
 
     m = load_world_models()
     prompts = list(m.prompts)[: args.prompts]
-    taus = m.default_taus[2:7:2]  # the critic's deciles 30/50/70 %
+    taus = [m.default_taus[TAU_QUANTILES.index(q)] for q in (0.3, 0.5, 0.7)]  # the critic's 30/50/70 % deciles
     routers = [(f"critic tau={t}", lambda t=t: m.pipeline(tau=t).router) for t in taus]
     routers += [(f"oracle q>={t}", lambda t=t: OracleRouter(t)) for t in (0.3, 0.4, 0.5)]
     pipe = m.pipeline()

@@ -134,7 +134,8 @@ def weights_fingerprint(paths: list[str | Path | None]) -> str:
     so a 14B checkpoint costs nothing."""
     h = hashlib.sha256()
     for root in (Path(p) for p in paths if p):
-        files = [root] if root.is_file() else [x for x in root.rglob("*") if x.is_file() and x.suffix not in NOT_WEIGHTS]
+        files = [root] if root.is_file() else [x for x in root.rglob("*")
+                                               if x.is_file() and x.suffix not in NOT_WEIGHTS]
         for f in sorted(files):
             size = f.stat().st_size
             h.update(f"{f.relative_to(root.parent)}\0{size}\0".encode())
@@ -144,18 +145,6 @@ def weights_fingerprint(paths: list[str | Path | None]) -> str:
                     fh.seek(max(2**20, size - 2**20))
                     h.update(fh.read())
     return h.hexdigest()[:16]
-
-
-def model_files(args) -> list:
-    """What `load_models(args)` reads weights from: the checkpoints given, else the built-in world's weights
-    (`--models tiny` is random from a seed: no files)."""
-    if args.drafter or args.target:
-        return [args.drafter, args.target, args.vae, args.text_encoder, args.scorer_path]
-    if args.models == "tiny":
-        return []
-    from sdvg.world import WEIGHTS_DIR
-
-    return [WEIGHTS_DIR]
 
 
 def check_config(out: Path, config: dict, force: bool) -> None:
@@ -394,7 +383,7 @@ def plot_pareto(path: Path, summary: list[dict]) -> None:
 
 
 def bench_main(argv: list[str]) -> int:
-    from sdvg.flags import Parser, add_model_args, check_model_args, load_models, parse_args
+    from sdvg.flags import Parser, add_model_args, check_model_args, load_models, model_files, parse_args
     from sdvg.settings import FPS, LIMIT, SAMPLES, SEED, STEPS, TAUS
 
     p = Parser(prog="sdvg bench", description=__doc__.split("\n")[0])

@@ -123,6 +123,18 @@ def _load_models(args: argparse.Namespace):
         dtype=dtype, ema=not args.no_ema)
 
 
+def model_files(args: argparse.Namespace) -> list:
+    """What `load_models(args)` reads weights from (the same dispatch as `_load_models`): the checkpoints given, else
+    the built-in world's weights (`--models tiny` is random from a seed: no files)."""
+    if args.drafter or args.target:
+        return [args.drafter, args.target, args.vae, args.text_encoder, args.scorer_path]
+    if args.models == "tiny":
+        return []
+    from sdvg.world import WEIGHTS_DIR
+
+    return [WEIGHTS_DIR]
+
+
 def check_model_args(args: argparse.Namespace) -> None:
     """Model flags that contradict each other, and a checkpoint video that cannot fit in memory: refused before any
     model is loaded."""

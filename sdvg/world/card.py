@@ -288,8 +288,8 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  with the token-role probe and half two-object videos (this recipe) the same probe reads every word's",
         "  object (100%) and the target draws the two objects in their own colours, mostly apart in their own lanes:",
         "  0.47 held-out, 0.57 train. What is left: some pairs still overlap (a big cyan square bouncing up and down",
-        "  and a yellow triangle moving right on red), the objects drift off their motion and their shapes smear (shape 0.27-0.30",
-        "  against 0.56-0.67 for one object). The first version of this recipe (phase 1 at 1200 steps, half",
+        "  and a yellow triangle moving right on red), the objects drift off their motion and their shapes smear",
+        "  (shape 0.27-0.30 against 0.56-0.67 for one object). The first version of this recipe (phase 1 at 1200 steps, half",
         "  two-object videos in the deepenings too) reached two objects 0.40 but one object only 0.59 held-out;",
         "  15% two-object videos in the deepenings brought one object back (0.81 here). The drafter, with 15% two-",
         f"  object videos and 3 layers, fails them ({ho.get('draft_two', {}).get('quality', float('nan')):.2f}: objects"
