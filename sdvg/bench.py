@@ -22,7 +22,7 @@ from sdvg.seeding import video_seed
 
 ALL_MODES = ("target", "draft", "sdvg", "random", "prefix", "mean", "first", "hybrid", "stitch", "cascade",
              "cascade-delta", "vvs", "exact", "relative", "percentile-prior")
-RELATIVE_OFFSETS = (-0.2, -0.1, 0.0)  # --modes relative: tau = the target's block-0 score + offset (per prompt)
+RELATIVE_OFFSETS = (-0.2, -0.1, 0.0)  # --modes relative (--offsets): tau = the target's block-0 score + offset
 PAPER_ACCEPT_RATE = 0.72  # --modes percentile-prior: the authors' running-percentile target
 DEFAULT_MODES = ("target", "draft", "sdvg", "random", "prefix", "mean", "first", "hybrid")
 MATCHED = ("random", "prefix")  # content-blind baselines matched per video to SDVG's routing at the same tau
@@ -48,8 +48,10 @@ class Run:
         return RunConfig(mode=self.mode, seed=seed, stitch_steps=self.stitch_steps)
 
 
-def plan_runs(modes: list[str], taus: list[float], stitch_steps: int) -> list[Run]:
-    """Runs in dependency order (random needs the SDVG accept rate of the same prompt and tau)."""
+def plan_runs(modes: list[str], taus: list[float], stitch_steps: int,
+              offsets: tuple[float, ...] | list[float] = RELATIVE_OFFSETS) -> list[Run]:
+    """Runs in dependency order (random needs the SDVG accept rate of the same prompt and tau); `offsets` are the
+    relative router's, one run each."""
     if not modes:
         raise ValueError(f"--modes is empty; choose from {', '.join(ALL_MODES)}")
     bad = sorted(set(modes) - set(ALL_MODES))
@@ -72,7 +74,7 @@ def plan_runs(modes: list[str], taus: list[float], stitch_steps: int) -> list[Ru
     if "percentile-prior" in modes:  # one row: the authors' running percentile at their accept rate
         runs.append(Run("percentile-prior", "sdvg", router="percentile-prior", accept_rate=PAPER_ACCEPT_RATE))
     if "relative" in modes:  # per-prompt thresholds: offsets from the target's own block-0 score
-        runs += [Run("relative", "sdvg", off, "relative") for off in RELATIVE_OFFSETS]
+        runs += [Run("relative", "sdvg", off, "relative") for off in offsets]
     for tau in taus:
         if "sdvg" in modes:
             runs.append(Run("sdvg", "sdvg", tau, "threshold"))
@@ -392,6 +394,9 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"comma list from {','.join(ALL_MODES)}")
     p.add_argument("--taus", type=TAUS, default=None, help="comma list (default: the model set's sweep; -inf ok)")
     p.add_argument("--stitch-steps", type=STEPS, default=2, help="k for hybrid/stitch runs")
+    p.add_argument("--offsets", type=TAUS, default=list(RELATIVE_OFFSETS),
+                   help="comma list of offsets from the target's block-0 score for --modes relative (default "
+                        f"{','.join(f'{o:g}' for o in RELATIVE_OFFSETS)})")
     p.add_argument("--samples", type=SAMPLES, default=1)
     p.add_argument("--limit", type=LIMIT, default=None, help="only the first N prompts (a quick look)")
     p.add_argument("--seed", type=SEED, default=0)
@@ -407,7 +412,7 @@ def bench_main(argv: list[str]) -> int:
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     try:
-        plan_runs(modes, args.taus or [0.0], args.stitch_steps)  # bad --modes fail before any model is loaded
+        plan_runs(modes, args.taus or [0.0], args.stitch_steps, args.offsets)  # bad --modes fail before loading
     except ValueError as e:
         p.error(str(e))
     user_prompts = read_prompts(args.prompts) if args.prompts else None
@@ -418,7 +423,7 @@ def bench_main(argv: list[str]) -> int:
     prompts = user_prompts or list(models.prompts)
     if not prompts:
         raise ValueError("no prompts: pass --prompts FILE")
-    runs = plan_runs(modes, args.taus or list(models.default_taus), args.stitch_steps)
+    runs = plan_runs(modes, args.taus or list(models.default_taus), args.stitch_steps, args.offsets)
     config = dict(models=models.name, checkpoints=[args.drafter, args.target, args.vae, args.scorer_path],
                   cache_policy=args.cache_policy, presets=[args.drafter_preset, args.target_preset],
                   recompute_frames=args.recompute_frames, anchor=args.anchor, decoder_rule=args.decoder_rule, runs=[asdict(r) for r in runs], samples=args.samples,

@@ -136,7 +136,7 @@ WINDOW = arg_type(_int, lambda v: check_int(v, "window_frames", -1))
 SINKS = arg_type(_int, lambda v: check_int(v, "sink_frames", 0))
 RECOMPUTE = arg_type(_int, _positive("recompute_frames"))
 
-NEGATIVE_VALUE_FLAGS = ("--tau", "--taus", "--seed", "--window-frames")
+NEGATIVE_VALUE_FLAGS = ("--tau", "--taus", "--offsets", "--seed", "--window-frames")
 
 
 def glue_negative_values(argv: list[str], flags: tuple[str, ...] = NEGATIVE_VALUE_FLAGS) -> list[str]:

@@ -111,6 +111,15 @@ def test_plan_has_the_neighbouring_methods():
     assert keys == ["target", "exact", "percentile-prior", "relative@-0.2", "relative@-0.1", "relative@0", "sdvg@0.3",
                     "cascade-delta@0.3", "vvs@0.3"]
     assert next(r for r in runs if r.label == "percentile-prior").accept_rate == 0.72
+    assert [r.key for r in plan_runs(["relative"], [0.3], 2, offsets=[-0.05, 0.0])] == ["relative@-0.05", "relative@0"]
+
+
+def test_bench_relative_offsets_flag(tmp_path):
+    """`--offsets` sets the relative router's sweep from the command line (negative values as written)."""
+    out = tmp_path / "rel"
+    assert bench_main(["--models", "tiny", "--modes", "target,relative", "--offsets", "-0.05,0", "--no-warmup",
+                       "--num-blocks", "2", "--prompts", _prompts(tmp_path, 1), "--out", str(out)]) == 0
+    assert sorted({r["run"] for r in read_jsonl(out / "results.jsonl")}) == ["relative@-0.05", "relative@0", "target"]
 
 
 def test_weights_fingerprint_sees_changed_weights(tmp_path):
