@@ -26,6 +26,8 @@ RELATIVE_OFFSETS = (-0.2, -0.1, 0.0)  # --modes relative (--offsets): tau = the 
 PAPER_ACCEPT_RATE = 0.72  # --modes percentile-prior: the authors' running-percentile target
 DEFAULT_MODES = ("target", "draft", "sdvg", "random", "prefix", "mean", "first", "hybrid")
 MATCHED = ("random", "prefix")  # content-blind baselines matched per video to SDVG's routing at the same tau
+# each matched baseline's label -> the run whose routing of the same video it copies (at the same tau or offset)
+MATCHED_TO = {"random": "sdvg", "prefix": "sdvg", "relative-random": "relative", "relative-prefix": "relative"}
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,9 @@ def plan_runs(modes: list[str], taus: list[float], stitch_steps: int,
     if bad:
         raise ValueError(f"unknown --modes {bad}; choose from {', '.join(ALL_MODES)}")
     for m in MATCHED:
-        if m in modes and "sdvg" not in modes:
-            raise ValueError(f"--modes {m} needs sdvg too (it is matched to SDVG's routing of the same video)")
+        if m in modes and "sdvg" not in modes and "relative" not in modes:
+            raise ValueError(f"--modes {m} needs sdvg (or relative) too (it is matched to their routing of the same "
+                             "video)")
     runs: list[Run] = []
     if "target" in modes:
         runs.append(Run("target", "target"))
@@ -74,7 +77,9 @@ def plan_runs(modes: list[str], taus: list[float], stitch_steps: int,
     if "percentile-prior" in modes:  # one row: the authors' running percentile at their accept rate
         runs.append(Run("percentile-prior", "sdvg", router="percentile-prior", accept_rate=PAPER_ACCEPT_RATE))
     if "relative" in modes:  # per-prompt thresholds: offsets from the target's own block-0 score
-        runs += [Run("relative", "sdvg", off, "relative") for off in offsets]
+        for off in offsets:  # with random/prefix in --modes, each offset gets its matched baselines too
+            runs.append(Run("relative", "sdvg", off, "relative"))
+            runs += [Run(f"relative-{m}", "sdvg", off, m) for m in MATCHED if m in modes]
     for tau in taus:
         if "sdvg" in modes:
             runs.append(Run("sdvg", "sdvg", tau, "threshold"))
@@ -85,10 +90,8 @@ def plan_runs(modes: list[str], taus: list[float], stitch_steps: int,
                 runs.append(Run(name, "sdvg", tau, name))
         if "hybrid" in modes:
             runs.append(Run("hybrid", "sdvg", tau, "threshold", stitch_steps))
-        if "random" in modes:
-            runs.append(Run("random", "sdvg", tau, "random"))
-        if "prefix" in modes:
-            runs.append(Run("prefix", "sdvg", tau, "prefix"))
+        if "sdvg" in modes:  # SDVG's matched baselines (the relative router's are planned with it)
+            runs += [Run(m, "sdvg", tau, m) for m in MATCHED if m in modes]
     return runs
 
 
@@ -195,8 +198,8 @@ def run_study(models, prompts: list[str], out: Path, *, runs: list[Run], samples
             if key in done_rows:
                 continue
             acc, prefix = (r.accept_rate if r.accept_rate is not None else 0.5), 1
-            if r.label in MATCHED:  # random: SDVG's accept rate on this video; prefix: as many target blocks
-                ref = done_rows[row_key(i, s, Run("sdvg", "sdvg", r.tau).key)]
+            if r.label in MATCHED_TO:  # random: the routed run's accept rate on this video; prefix: its target blocks
+                ref = done_rows[row_key(i, s, Run(MATCHED_TO[r.label], "sdvg", r.tau).key)]
                 acc = ref["accept_rate"] or 0.0
                 prefix = sum(1 for a in ref["accepted"] if not a)
             cfg = r.config(vseed)
@@ -205,8 +208,8 @@ def run_study(models, prompts: list[str], out: Path, *, runs: list[Run], samples
             q = models.evaluator.evaluate(res.frames, prompt) if models.evaluator is not None else {}
             row = dict(key=key, run=r.key, run_order=order, label=r.label, mode=cfg.mode, tau=r.tau, router=r.router,
                        stitch_steps=cfg.stitch_steps, prompt_index=i, sample=s, prompt=prompt, seed=cfg.seed,
-                       routed_accept_rate=acc if r.label == "random" else None,
-                       prefix_blocks=prefix if r.label == "prefix" else None,
+                       routed_accept_rate=acc if r.label in MATCHED_TO and r.router == "random" else None,
+                       prefix_blocks=prefix if r.label in MATCHED_TO and r.router == "prefix" else None,
                        wall_s=tr.wall_s, stage_s=stage_seconds(tr), drafter_forwards=tr.drafter_forwards,
                        target_forwards=tr.target_forwards,
                        accept_rate=tr.accept_rate, accepted=[b.accepted for b in tr.blocks],
@@ -340,6 +343,13 @@ def write_summary(out: Path, rows: list[dict]) -> list[dict]:
                "| tau | baseline | videos | quality diff (SDVG - baseline) | 95% interval |", "|---|---|---|---|---|"]
         md += [f"| {p['tau']:g} | {p['baseline']} | {p['videos']} | {p['mean_diff']:+.4f} "
                f"| [{p['lo']:+.4f}, {p['hi']:+.4f}] |" for p in pairs]
+    rel = paired(rows, others=("relative-random", "relative-prefix"), first="relative")
+    if rel:
+        md += ["", "The relative router vs the same content-blind routings, matched to its routing at each offset:", "",
+               "| offset | baseline | videos | quality diff (relative - baseline) | 95% interval |",
+               "|---|---|---|---|---|"]
+        md += [f"| {p['tau']:g} | {p['baseline']} | {p['videos']} | {p['mean_diff']:+.4f} "
+               f"| [{p['lo']:+.4f}, {p['hi']:+.4f}] |" for p in rel]
     rivals = [lab for lab in ("hybrid", "mean", "cascade-delta", "vvs") if any(r["label"] == lab for r in rows)]
     vs = [(lab, p) for lab in rivals for p in paired(rows, others=("sdvg",), first=lab)]
     if vs:

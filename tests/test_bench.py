@@ -112,14 +112,24 @@ def test_plan_has_the_neighbouring_methods():
                     "cascade-delta@0.3", "vvs@0.3"]
     assert next(r for r in runs if r.label == "percentile-prior").accept_rate == 0.72
     assert [r.key for r in plan_runs(["relative"], [0.3], 2, offsets=[-0.05, 0.0])] == ["relative@-0.05", "relative@0"]
+    assert [r.key for r in plan_runs(["relative", "random", "prefix"], [0.3], 2, offsets=[-0.05])] == [
+        "relative@-0.05", "relative-random@-0.05", "relative-prefix@-0.05"]
 
 
 def test_bench_relative_offsets_flag(tmp_path):
     """`--offsets` sets the relative router's sweep from the command line (negative values as written)."""
     out = tmp_path / "rel"
-    assert bench_main(["--models", "tiny", "--modes", "target,relative", "--offsets", "-0.05,0", "--no-warmup",
-                       "--num-blocks", "2", "--prompts", _prompts(tmp_path, 1), "--out", str(out)]) == 0
-    assert sorted({r["run"] for r in read_jsonl(out / "results.jsonl")}) == ["relative@-0.05", "relative@0", "target"]
+    assert bench_main(["--models", "tiny", "--modes", "target,relative,random,prefix", "--offsets", "-0.05,0",
+                       "--no-warmup", "--num-blocks", "3", "--prompts", _prompts(tmp_path, 2), "--out", str(out)]) == 0
+    rows = read_jsonl(out / "results.jsonl")
+    assert sorted({r["run"] for r in rows}) == ["relative-prefix@-0.05", "relative-prefix@0", "relative-random@-0.05",
+                                                "relative-random@0", "relative@-0.05", "relative@0", "target"]
+    by = {(r["run"], r["prompt_index"]): r for r in rows}
+    for i in range(2):  # matched to the relative router's routing of the same video, as random/prefix are to SDVG's
+        rel = by[("relative@0", i)]
+        assert by[("relative-random@0", i)]["routed_accept_rate"] == (rel["accept_rate"] or 0.0)
+        assert by[("relative-prefix@0", i)]["prefix_blocks"] == sum(1 for a in rel["accepted"] if not a)
+    assert "The relative router vs the same content-blind routings" in (out / "summary.md").read_text()
 
 
 def test_weights_fingerprint_sees_changed_weights(tmp_path):

@@ -76,7 +76,9 @@ SHIPPED_BENCH = [
     "  `prefix` (`first` given SDVG's number of target blocks) it excludes zero at tau 0.19 (+0.010 [+0.001,",
     "  +0.025]); the other 8 intervals touch zero.",
     "- With a per-prompt tau, the `relative` router (accept when the block scores at least the target's own block-0",
-    "  score + offset), the same 32 videos: 96.9% at 1.52x (offset -0.05), 94.8% at 1.97x (-0.1), 97.7% at 1.10x (0).",
+    "  score + offset), the same 32 videos: 95.7% at 1.76x (offset -0.08), 96.1% at 1.71x (-0.07), 94.8% at 1.95x",
+    "  (-0.1), 97.7% at 1.08x (0). It beats random routing matched to it at the four offsets from -0.1 to -0.05 (up",
+    "  to +0.019 [+0.002, +0.038]) and `prefix` matched to it at -0.1 and -0.07 (+0.006 [+0.001, +0.013]).",
     "",
 ]
 
