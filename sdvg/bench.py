@@ -378,7 +378,7 @@ def plot_pareto(path: Path, summary: list[dict]) -> None:
                         fontsize=7)
     style = {"target": ("*", "target only"), "draft": ("s", "draft only"), "first": ("^", "target block 0 only"),
              "stitch": ("D", "T-Stitch"), "random": ("x", "random routing"), "mean": ("+", "mean-frame score"),
-             "prefix": ("1", "target prefix (matched)"),
+             "prefix": ("1", "target prefix (matched)"), "relative": ("P", "relative router (per-prompt τ)"),
              "hybrid": ("v", "hybrid (stitch on reject)")}
     for label, (marker, name) in style.items():
         ss = [s for s in pts.values() if s["label"] == label]
