@@ -27,7 +27,7 @@ PAPER_ACCEPT_RATE = 0.72  # --modes percentile-prior: the authors' running-perce
 DEFAULT_MODES = ("target", "draft", "sdvg", "random", "prefix", "mean", "first", "hybrid")
 MATCHED = ("random", "prefix")  # content-blind baselines matched per video to SDVG's routing at the same tau
 # each matched baseline's label -> the run whose routing of the same video it copies (at the same tau or offset)
-MATCHED_TO = {"random": "sdvg", "prefix": "sdvg", "relative-random": "relative", "relative-prefix": "relative"}
+MATCHED_TO = {m: "sdvg" for m in MATCHED} | {f"relative-{m}": "relative" for m in MATCHED}
 
 
 @dataclass(frozen=True)
@@ -310,6 +310,12 @@ def _fmt(v, spec=".3f"):
     return "–" if v is None else format(v, spec)
 
 
+def _pair_rows(pairs: list[dict]) -> list[str]:
+    """Markdown rows of `paired`'s output: tau, baseline, videos, mean difference, 95% interval."""
+    return [f"| {p['tau']:g} | {p['baseline']} | {p['videos']} | {p['mean_diff']:+.4f} "
+            f"| [{p['lo']:+.4f}, {p['hi']:+.4f}] |" for p in pairs]
+
+
 def write_summary(out: Path, rows: list[dict]) -> list[dict]:
     summary = summarise(rows)
     cols = ["run", "videos", "quality", "retention_pct", "time_s", "speedup", "dit_s", "dit_speedup", "accept_rate",
@@ -341,15 +347,13 @@ def write_summary(out: Path, rows: list[dict]) -> list[dict]:
         md += ["", "SDVG vs content-blind routing at the same tau, paired by video and seed (random: SDVG's accept "
                "rate on that video; prefix: the target makes as many blocks as SDVG gave it, the first ones):", "",
                "| tau | baseline | videos | quality diff (SDVG - baseline) | 95% interval |", "|---|---|---|---|---|"]
-        md += [f"| {p['tau']:g} | {p['baseline']} | {p['videos']} | {p['mean_diff']:+.4f} "
-               f"| [{p['lo']:+.4f}, {p['hi']:+.4f}] |" for p in pairs]
+        md += _pair_rows(pairs)
     rel = paired(rows, others=("relative-random", "relative-prefix"), first="relative")
     if rel:
         md += ["", "The relative router vs the same content-blind routings, matched to its routing at each offset:", "",
                "| offset | baseline | videos | quality diff (relative - baseline) | 95% interval |",
                "|---|---|---|---|---|"]
-        md += [f"| {p['tau']:g} | {p['baseline']} | {p['videos']} | {p['mean_diff']:+.4f} "
-               f"| [{p['lo']:+.4f}, {p['hi']:+.4f}] |" for p in rel]
+        md += _pair_rows(rel)
     rivals = [lab for lab in ("hybrid", "mean", "cascade-delta", "vvs") if any(r["label"] == lab for r in rows)]
     vs = [(lab, p) for lab in rivals for p in paired(rows, others=("sdvg",), first=lab)]
     if vs:

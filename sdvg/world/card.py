@@ -175,9 +175,9 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  prompts). Trained for 2500 it scored 81.5% of the shipped target on the bench's 16 held-out prompts, but",
         "  it lost mostly motion (0.37 vs the target's 0.67), which no one-frame critic can see: even routing by each",
         "  draft block's true quality (an oracle) then kept only 94% at 1.5x, against 99% with 3000 steps. With",
-        "  this recipe's target and text encoder and 15% two-object videos, 3000 steps gave 0.62 on one-object held-out"
-        " prompts (76% of the",
-        "  target) and 5000 steps 0.74 (92%); two-object 0.20 and 0.24 (2 seeds x 16 held-out prompts).",
+        "  this recipe's target and text encoder and 15% two-object videos, 3000 steps gave 0.62 on one-object",
+        "  held-out prompts (76% of the target) and 5000 steps 0.74 (92%); two-object 0.20 and 0.24 (2 seeds x 16",
+        "  held-out prompts).",
         "- DiT recipe: block-causal teacher forcing on fresh videos every step (the latents are analytic, ~1 ms per",
         "  video; with a fixed set of 1024 videos the target scored 0.66 on train prompts but 0.46 held-out). For a",
         "  random block b, blocks 0..b-1 at t=0 (as the append cache commits them) with a little noise (std up to 0.2,",
@@ -297,10 +297,10 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  object (100%) and the target draws the two objects in their own colours, mostly apart in their own lanes:",
         "  0.47 held-out, 0.57 train. What is left: some pairs still overlap (a big cyan square bouncing up and down",
         "  and a yellow triangle moving right on red), the objects drift off their motion and their shapes smear",
-        "  (shape 0.27-0.30 against 0.56-0.67 for one object). The first version of this recipe (phase 1 at 1200 steps, half",
-        "  two-object videos in the deepenings too) reached two objects 0.40 but one object only 0.59 held-out;",
-        "  15% two-object videos in the deepenings brought one object back (0.81 here). The drafter, with 3 layers",
-        f"  and {info['budget'].get('drafter_two_objects', 0.15):.0%} two-object videos, often fails them"
+        "  (shape 0.27-0.30 against 0.56-0.67 for one object). The first version of this recipe (phase 1 at 1200",
+        "  steps, half two-object videos in the deepenings too) reached two objects 0.40 but one object only 0.59",
+        "  held-out; 15% two-object videos in the deepenings brought one object back (0.81 here). The drafter, with",
+        f"  3 layers and {info['budget'].get('drafter_two_objects', 0.15):.0%} two-object videos, often fails them"
         f" ({ho.get('draft_two', {}).get('quality', float('nan')):.2f}: objects missing or merged; with 15% it scored",
         "  0.24 and the critic accepted none of them; with 30%, 0.34, and SDVG's bench frontier was the same as with",
         "  40%: 93.4% at 1.61x, 97.6% at 1.31x), and the critic sends most of those drafts to the target",
