@@ -258,6 +258,35 @@ def test_dit_training_step_on_tiny_model():
     assert torch.isfinite(loss) and dit.patch_embedding.weight.grad is not None
 
 
+def test_drafted_block_is_the_drafters_last_step_after_a_clean_context():
+    """The recover stage's context block: the drafter's x0 from the last block noised to t, the blocks before it
+    clean; the blocks before never see the noised one (block-causal), and any step of `dit_step` may use it."""
+    from sdvg.config import SamplerConfig
+    from sdvg.sampler import schedule_table, sigma_of, timesteps
+    from sdvg.wan import WanDiT
+    from sdvg.world.train import dit_step, drafted_block
+
+    torch.manual_seed(0)
+    drafter, target = WanDiT(spec.DRAFTER).eval(), WanDiT(spec.DRAFTER)
+    lat = torch.randn(2, spec.Z_DIM, 6, 8, 8)
+    ctx = torch.randn(2, spec.TEXT_LEN, spec.TEXT_DIM)
+    t_list, table = timesteps(SamplerConfig()), schedule_table(SamplerConfig())
+    out = drafted_block(drafter, lat, ctx, torch.Generator().manual_seed(1), float(t_list[-1]), table)
+    assert out.shape == (2, spec.Z_DIM, 3, 8, 8)
+    sig = float(sigma_of(float(t_list[-1]), table))
+    eps = torch.randn(lat[:, :, 3:].shape, generator=torch.Generator().manual_seed(1))
+    xt = (1 - sig) * lat[:, :, 3:] + sig * eps
+    tt = torch.zeros(2, 6)
+    tt[:, 3:] = float(t_list[-1])
+    with torch.no_grad():
+        v = drafter(torch.cat([lat[:, :, :3], xt], 2), tt, ctx, block_frames=3)
+    torch.testing.assert_close(out, xt - sig * v[:, :, 3:])
+    for seed in range(4):  # some of these steps train on a drafted context block, some on the data's
+        loss = dit_step(target, torch.randn(2, spec.Z_DIM, 27, 8, 8), ctx, np.random.default_rng(seed),
+                        torch.Generator().manual_seed(seed), t_list, table, drafter=drafter)
+        assert torch.isfinite(loss)
+
+
 def test_encoder_loss_weights_follow_what_the_decoder_draws():
     """The encoder's regression weighs distances near an outline up, and object colours only where an object is:
     on a rendered clip, the weights are largest at the edge cells and the colour weight is low far from the shape."""
@@ -361,6 +390,7 @@ def test_training_recipe_quick_end_to_end(tmp_path):
     rows = [r for r in read_jsonl(out / "train_log.jsonl") if r["stage"] == "parallel"]
     assert [r["started"] for r in rows if "started" in r][:2] == ["vae", "target"]  # side by side, one core each
     assert {r["threads"] for r in rows if r.get("started") in ("vae", "target")} == {1}
+    assert any(r["stage"] == "target-recover" for r in read_jsonl(out / "train_log.jsonl"))  # every stage ran
     assert json.loads((out / "world.json").read_text())["parallel_wall_s"] > 0  # not the overlapping stages' sum
     card = (out / "MODEL_CARD.md").read_text()
     assert "--threads 2 --parallel`" in card
@@ -379,6 +409,10 @@ def test_training_recipe_quick_end_to_end(tmp_path):
     main(["--quick", "--out", str(out), "--work", str(tmp_path / "work"), "--stages", "target"])
     trained = {r["stage"] for r in read_jsonl(out / "train_log.jsonl")[n:] if "step" in r}
     assert trained == {f"target-deep{spec.TARGET.num_layers}"}, trained
+    # ... and a new target supersedes the one the recover stage fine-tuned, which it keeps in --work for its reruns
+    assert not (tmp_path / "work" / "target_before_recover").exists()
+    main(["--quick", "--out", str(out), "--work", str(tmp_path / "work"), "--stages", "recover"])
+    assert (tmp_path / "work" / "target_before_recover" / "target.safetensors").exists()
 
 
 def test_parallel_training_shares_threads_and_stops_on_a_failed_stage(tmp_path):

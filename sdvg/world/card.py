@@ -92,7 +92,9 @@ SHIPPED_PARALLEL = [
     "target-only 0.734, draft-only 0.596, critic Spearman 0.82 pooled and 0.67 within one-object prompts. These",
     "weights retrained the target, drafter, critic and card stages one after another on 2 threads, the VAE",
     "unchanged (its recipe did not change), then the drafter, critic and card again when the drafter's share of",
-    "two-object videos went from 15% to 40% (the stage times above; that run's drafter saw 15%, at the same cost).",
+    "two-object videos went from 15% to 40% (the stage times above; that run's drafter saw 15%, at the same cost),",
+    "then the recover stage (new in this recipe, after the critic; 11 min on 2 threads, which `--parallel` runs",
+    "beside the critic) and the card.",
 ]
 
 
@@ -200,7 +202,14 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  deepening follows trained layers with copies whose output projections are zero, so the deeper model starts",
         "  as exactly the trained one (`sdvg.world.train.deepen`): a target that costs what a target should against",
         "  the drafter and the decode + critic (Cost below), for a fraction of the training time of a deep model from",
-        "  scratch. No distillation stage: with distance-field latents and a decoder that",
+        "  scratch. Last (stage `recover`, after the drafter and the critic) the target is fine-tuned at 1e-4 for"
+        f" {info['budget'].get('target_recover_steps', 0)}",
+        "  steps with half of its contexts ending in the drafter's version of the previous block (its last-step x0",
+        "  from that block noised, after the clean blocks before it: `sdvg.world.train.drafted_block`), the loss still",
+        "  on the real next block. An accepted draft becomes the target's context, and trained on real contexts (plus",
+        "  Gaussian noise) only, the target carried a draft's lumpy shape into its next block as a smear. It learns",
+        "  to steer back onto the prompt's track instead; Results: SDVG, below, for what it changed.",
+        "  No distillation stage: with distance-field latents and a decoder that",
         "  thresholds them, the 4-step sampler's final x0 prediction (a conditional mean) renders sharp. Both sample",
         "  with sdvg's 4-step sampler and block-causal KV cache. Weights: plain safetensors in the original Wan2.1 key",
         "  naming (both DiTs in float16, as Wan releases ship).",

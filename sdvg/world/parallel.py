@@ -20,7 +20,7 @@ from sdvg.io import write_json
 
 # what each stage reads that another stage writes
 NEEDS = {"vae": (), "target": (), "drafter": ("target",), "critic": ("vae", "target", "drafter"),
-         "card": ("vae", "target", "drafter", "critic")}
+         "recover": ("target", "drafter"), "card": ("vae", "target", "drafter", "critic", "recover")}
 
 
 def shares(running: list[str], threads: int) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """Train every weight of the embedded world from one seed, on a CPU.
 
-    python -m sdvg.world.train --out sdvg/world/weights --seed 0 [--stages vae,target,drafter,critic,card]
+    python -m sdvg.world.train --out sdvg/world/weights --seed 0 [--stages vae,target,drafter,critic,recover,card]
                                [--threads 2 --parallel]
 
 Stages run in order (with `--parallel`, side by side as `sdvg.world.parallel.NEEDS` allows) and each writes its
@@ -46,6 +46,7 @@ class Budget:
     target_deep_steps: int = 900
     target_grow_steps: int = 450
     drafter_steps: int = 5000
+    target_recover_steps: int = 450
     dit_batch: int = 16
     # share of two-object videos: half in the target's half-depth phases (where the text encoder learns which word
     # belongs to which object, and the target the two lanes), 15% in its deepenings (as prompts come: they settle
@@ -61,8 +62,8 @@ class Budget:
 
 
 QUICK = Budget(field_steps=4, encoder_steps=2, target_steps=3, target_refine_steps=2, target_role_steps=2,
-               target_deep_steps=2, target_grow_steps=2, drafter_steps=2, dit_batch=2, critic_rollouts=2,
-               critic_steps=3, eval_prompts=2, card_prompts=2)
+               target_deep_steps=2, target_grow_steps=2, drafter_steps=2, target_recover_steps=2, dit_batch=2,
+               critic_rollouts=2, critic_steps=3, eval_prompts=2, card_prompts=2)
 
 
 class Run:
@@ -265,10 +266,28 @@ CTX_NOISE = 0.2  # largest std of the noise put on the clean context blocks (nor
 P_BLOCK0 = 0.5  # block 0 is made from the text alone (the hardest, and the cheapest to train); others uniform
 
 
+@torch.no_grad()
+def drafted_block(drafter, ctx_lat: torch.Tensor, ctx: torch.Tensor, gen: torch.Generator, t: float, table) -> torch.Tensor:
+    """The drafter's version of the last block of `ctx_lat` (normalised latents [B,C,T,H,W]): its x0 prediction from
+    that block noised to timestep t, after the clean blocks before it (how it makes a block's final step)."""
+    from sdvg.sampler import sigma_of
+
+    fpb = spec.VIDEO.frames_per_block
+    last = ctx_lat[:, :, -fpb:]
+    sig = float(sigma_of(t, table))
+    xt = (1 - sig) * last + sig * torch.randn(last.shape, generator=gen)
+    tt = torch.zeros(ctx_lat.shape[0], ctx_lat.shape[2])
+    tt[:, -fpb:] = t
+    v = drafter(torch.cat([ctx_lat[:, :, :-fpb], xt], 2), tt, ctx, block_frames=fpb)
+    return xt - sig * v[:, :, -fpb:]
+
+
 def dit_step(dit, lat: torch.Tensor, ctx: torch.Tensor, rng: np.random.Generator, gen: torch.Generator,
-             t_list: torch.Tensor, table) -> torch.Tensor:
+             t_list: torch.Tensor, table, drafter=None) -> torch.Tensor:
     """Block-causal teacher forcing: clean blocks 0..b-1 (t = 0, as committed at inference) + block b noised to one
-    of the sampler's timesteps; flow-matching loss (v = eps - x0) on block b only."""
+    of the sampler's timesteps; flow-matching loss (v = eps - x0) on block b only. With a `drafter`, half the steps
+    put its version of block b-1 in the context (`drafted_block`): an accepted draft, which the target must continue
+    from, back onto the prompt's track."""
     from sdvg.sampler import sigma_of
 
     fpb = spec.VIDEO.frames_per_block
@@ -286,6 +305,9 @@ def dit_step(dit, lat: torch.Tensor, ctx: torch.Tensor, rng: np.random.Generator
     # the clean context (still labelled t = 0) teaches it to continue from imperfect blocks instead of drifting
     ctx_lat = x0[:, :, :b * fpb]
     ctx_lat = ctx_lat + CTX_NOISE * torch.rand(B, 1, 1, 1, 1, generator=gen) * torch.randn(ctx_lat.shape, generator=gen)
+    if drafter is not None and b > 0 and rng.random() < 0.5:
+        ctx_lat = torch.cat([ctx_lat[:, :, :-fpb], drafted_block(drafter, x0[:, :, :b * fpb], ctx, gen,
+                                                                 float(t_list[-1]), table)], 2)
     x_in = torch.cat([ctx_lat, xt], 2)
     tt = torch.zeros(B, x_in.shape[2])
     tt[:, b * fpb:] = t.view(B, 1)
@@ -312,12 +334,13 @@ def block0_error(dit, enc, tok, lat: torch.Tensor, prompts: list[str], t_list: t
 
 def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool, init: Path | None = None,
               out: Path | None = None, phase: str | None = None, role_weight: float = 0.0, p_two: float | None = None,
-              store_dtype: torch.dtype = torch.float32) -> None:
+              store_dtype: torch.dtype = torch.float32, drafter: Path | None = None) -> None:
     """Train a DiT (and, with `train_text`, the text encoder) and save it to `out` (default: the weights folder);
     `init`: a folder holding a previous phase's `<name>.safetensors` (and text_encoder) to continue from;
     `role_weight`: weight of a linear probe's loss on the text encoder's token roles (`sdvg.world.text.token_roles`);
     `p_two`: the share of two-object videos (default `Budget.two_objects`);
-    `store_dtype`: the dtype of the saved weights (loaders cast to the dtype they run in)."""
+    `store_dtype`: the dtype of the saved weights (loaders cast to the dtype they run in);
+    `drafter`: a drafter checkpoint whose blocks half the steps' contexts end with (`dit_step`)."""
     from sdvg.checkpoints import save_dit
     from sdvg.config import SamplerConfig
     from sdvg.sampler import schedule_table, timesteps
@@ -361,6 +384,11 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool,
 
         probe = torch.nn.Linear(spec.TEXT_DIM, len(ROLES))
         params = params + list(probe.parameters())
+    draft_model = None
+    if drafter is not None:
+        from sdvg.checkpoints import load_dit
+
+        draft_model = load_dit(drafter, spec.DRAFTER).eval().requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(derive_seed(phase, "noise", run.seed))
     t_list, table = timesteps(SamplerConfig()), schedule_table(SamplerConfig())
@@ -370,7 +398,7 @@ def train_dit(run: Run, name: str, cfg, steps: int, lr: float, train_text: bool,
             g["lr"] = lr_at(step, steps, lr, warmup=30)
         lat, prompts = next(batches)
         ctx = encode_with(enc, tok, prompts, spec.TEXT_LEN)
-        loss = dit_step(dit, lat, ctx, rng, gen, t_list, table)
+        loss = dit_step(dit, lat, ctx, rng, gen, t_list, table, drafter=draft_model)
         if probe is not None:
             role_loss = torch.nn.functional.cross_entropy(probe(ctx).flatten(0, 1), token_roles(prompts).flatten())
             loss = loss + role_weight * role_loss
@@ -401,6 +429,7 @@ ROLE_WEIGHT = 1.0
 TARGET_FIRST_DEPTH = 12
 TARGET_DEEPENINGS = ((24, "target_deep_steps", 3e-4, "target-deep"),
                      (spec.TARGET.num_layers, "target_grow_steps", 2e-4, f"target-deep{spec.TARGET.num_layers}"))
+RECOVER_LR = 1e-4  # the recover stage's peak lr (a fine-tune of the shipped-depth target)
 DIT_STORE_DTYPE = torch.float16  # the shipped DiTs' weights (as Wan releases ship half precision): 17 + 1 MB, not 37
 
 
@@ -467,6 +496,7 @@ def stage_target(run: Run) -> None:
             save_dit(deepen(src, cfgs[k + 1]), init / "target.safetensors")
         train_dit(run, "target", cfgs[k + 1], getattr(b, budget_field), lr, train_text=False, init=init,
                   out=outs[k + 1], phase=phase, p_two=b.two_objects, store_dtype=DIT_STORE_DTYPE)
+    shutil.rmtree(run.work / "target_before_recover", ignore_errors=True)  # the recover stage starts from this one
 
 
 def stage_drafter(run: Run) -> None:
@@ -477,8 +507,24 @@ def stage_drafter(run: Run) -> None:
               p_two=run.budget.drafter_two_objects, store_dtype=DIT_STORE_DTYPE)
 
 
-STAGES = {"vae": stage_vae, "target": stage_target, "drafter": stage_drafter,
-          "critic": stage_critic, "card": stage_card}
+def stage_recover(run: Run) -> None:
+    """The target, fine-tuned to continue from the drafter's blocks: an accepted draft becomes the target's context,
+    and a target trained on real contexts only (plus Gaussian noise) carried a draft's lumpy shape into its own next
+    block as a smear. Half the steps end the context with the drafter's version of the previous block
+    (`drafted_block`); the loss is still the real next block, so the target learns to steer back onto the prompt's
+    track. Reads the target stage's weights from --work (copied there on the first run), so a rerun starts over."""
+    import shutil
+
+    base = run.work / "target_before_recover"
+    if not (base / "target.safetensors").exists():
+        base.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run.out / "target.safetensors", base / "target.safetensors")
+    train_dit(run, "target", spec.TARGET, run.budget.target_recover_steps, RECOVER_LR, train_text=False, init=base,
+              phase="target-recover", store_dtype=DIT_STORE_DTYPE, drafter=run.out / "drafter.safetensors")
+
+
+STAGES = {"vae": stage_vae, "target": stage_target, "drafter": stage_drafter, "critic": stage_critic,
+          "recover": stage_recover, "card": stage_card}
 
 
 def main(argv: list[str] | None = None) -> None:
