@@ -468,3 +468,17 @@ def test_parallel_training_stopped_by_sigterm_ends_its_stages(tmp_path):
         except ProcessLookupError:
             continue
         raise AssertionError(f"stage process {pid} outlived its scheduler")
+
+
+def test_card_times_each_stage_once():
+    """A resumed stage is timed from its phases' step rows, and a phase named after another stage (the recover
+    stage's target-recover) counts for that stage only."""
+    from sdvg.world.card import _stage_seconds
+
+    rows = [{"stage": "target-deep32", "t": 5.0, "step": 0, "s_per_step": 2.0},
+            {"stage": "target-deep32", "t": 25.0, "step": 9, "s_per_step": 2.0},
+            {"stage": "target", "t": 30.0, "done_s": 30.0},
+            {"stage": "target-recover", "t": 1.0, "step": 0, "s_per_step": 1.0},
+            {"stage": "target-recover", "t": 10.0, "step": 9, "s_per_step": 1.0},
+            {"stage": "recover", "t": 11.0, "done_s": 11.0}]
+    assert _stage_seconds(rows) == {"recover": 11.0, "target-deep32": 20.0}

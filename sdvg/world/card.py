@@ -38,7 +38,8 @@ RESUMABLE = ("vae", "target")  # stages that resume from phase checkpoints in --
 def _stage_seconds(rows: list[dict]) -> dict[str, float]:
     """Wall seconds per finished stage, from the run's train_log.jsonl (last run of each stage wins). A stage that
     resumed from a phase checkpoint logs only its last phases' time, so phases with step rows (vae-field, vae-encoder,
-    target-refine, ...) are timed from their own last row (seconds per step x steps) and replace their stage's."""
+    target-refine, ...) are timed from their own last row (seconds per step x steps) and replace their stage's; the
+    phases of a stage that does not resume (target-recover, the recover stage's) are in its own time."""
     out = {r["stage"]: r["done_s"] for r in rows if "done_s" in r}
     first: dict[str, float] = {}
     phases: dict[str, float] = {}
@@ -50,7 +51,10 @@ def _stage_seconds(rows: list[dict]) -> dict[str, float]:
         phases[r["stage"]] = (r["s_per_step"] * (r["step"] + 1) if "s_per_step" in r
                               else r["t"] - first.get(r["stage"], r["t"]))
     for stage in [s for s in out if s in RESUMABLE]:
-        mine = {k: v for k, v in phases.items() if k == stage or k.startswith(stage + "-")}
+        # its phases: named after it ("target", "target-refine", ...), but not one named after another stage
+        # ("target-recover" is the recover stage's)
+        mine = {k: v for k, v in phases.items()
+                if k == stage or (k.startswith(stage + "-") and k[len(stage) + 1:] not in out)}
         if mine:
             del out[stage]
             out.update(mine)
@@ -62,23 +66,24 @@ def _stage_seconds(rows: list[dict]) -> dict[str, float]:
 SHIPPED_BENCH = [
     "## Benchmark (`sdvg bench --samples 2`: 16 held-out prompts x 2 seeds, 2 CPU cores; the README has the table)",
     "",
-    "- Over the default sweep (every decile of the critic's draft-block scores) SDVG keeps 96.9% of target-only",
-    "  quality at 1.34x wall speed (tau 0.552, 44% of drafts accepted), 94.4% at 1.58x (tau 0.462) and 92.0% at",
-    "  1.85x (tau 0.34); at tau 0.67, 99.3% at 1.02x. A second run between the deciles: 94.8% at 1.50x (tau 0.48),",
-    "  95.3% at 1.45x (tau 0.5). Hybrid (rejected blocks keep 2 drafter steps) 97.2% at 1.80x (tau 0.552) and",
-    "  98.4% at 1.58x (tau 0.626). Wall speed-ups move by ~5% from run to run; qualities are deterministic.",
-    "- Draft-only 83.1% at 6.63x; the target's block 0 then the drafter alone (`first`) 88.1% at 4.44x.",
-    "- By kind: on the 12 one-object prompts SDVG keeps 96.3% at 1.63x (tau 0.552); on the 4 two-object prompts,",
-    "  where the drafter scores 76% of the target, the critic accepts 41% of the drafts at tau 0.24, 11% at 0.34 and",
-    "  almost none at tau >= 0.462, where SDVG runs at 0.88-0.91x.",
+    "- Over the default sweep (every decile of the critic's draft-block scores) SDVG keeps 95.7% of target-only",
+    "  quality at 1.60x wall speed (tau 0.462, 56% of drafts accepted), 96.7% at 1.41x (tau 0.552) and 92.8% at",
+    "  1.91x (tau 0.34); at tau 0.626, 99.6% at 1.11x. Before the recover stage (same drafter, critic and taus) the",
+    "  same taus gave 94.4% at 1.58x and 96.9% at 1.34x. Hybrid (rejected blocks keep 2 drafter steps) 95.5% at",
+    "  2.14x (tau 0.462), 96.9% at 1.86x (tau 0.552) and 99.8% at 1.54x (tau 0.626). Wall speed-ups move by ~5%",
+    "  from run to run; qualities are deterministic.",
+    "- Draft-only 83.2% at 6.51x; the target's block 0 then the drafter alone (`first`) 88.4% at 4.40x.",
+    "- By kind: on the 12 one-object prompts SDVG keeps 96.1% at 1.72x (tau 0.552) and 94.3% at 2.09x (tau",
+    "  0.462); on the 4 two-object prompts, where the drafter scores 78% of the target, the critic accepts 44% of",
+    "  the drafts at tau 0.24, 17% at 0.34 and almost none at tau >= 0.462, where SDVG runs at 0.86-0.91x.",
     "- SDVG minus random routing at the same accept rate on each video, paired by video and seed: the 95%",
-    "  interval excludes zero at the four tau from 0.19 to 0.462 (up to +0.017 [+0.001, +0.033]), not above. Against",
-    "  `prefix` (`first` given SDVG's number of target blocks) it excludes zero at tau 0.19 (+0.010 [+0.001,",
-    "  +0.025]); the other 8 intervals touch zero.",
+    "  interval excludes zero at five tau, 0.19 to 0.462 (up to +0.021 [+0.002, +0.040]) and 0.761. Against",
+    "  `prefix` (`first` given SDVG's number of target blocks) it excludes zero at four, 0.19 (+0.010 [+0.001,",
+    "  +0.026]), 0.626 (+0.007 [+0.004, +0.010]), 0.67 and 0.761; before the recover stage at 0.19 only.",
     "- With a per-prompt tau, the `relative` router (accept when the block scores at least the target's own block-0",
-    "  score + offset), the same 32 videos: 95.7% at 1.76x (offset -0.08), 96.1% at 1.71x (-0.07), 94.8% at 1.95x",
-    "  (-0.1), 97.7% at 1.08x (0). It beats random routing matched to it at the four offsets from -0.1 to -0.05 (up",
-    "  to +0.019 [+0.002, +0.038]) and `prefix` matched to it at -0.1 and -0.07 (+0.006 [+0.001, +0.013]).",
+    "  score + offset), the same 32 videos: 96.4% at 1.79x (offset -0.08), 95.9% at 1.87x (-0.1), 96.9% at 1.71x",
+    "  (-0.07), 98.5% at 1.08x (0). It beats random routing matched to it at -0.1, -0.08, -0.07 and 0 (up to",
+    "  +0.025 [+0.007, +0.045]) and `prefix` matched to it at -0.1 to -0.07 (+0.012 [+0.006, +0.020] at -0.1).",
     "",
 ]
 
@@ -208,7 +213,7 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  from that block noised, after the clean blocks before it: `sdvg.world.train.drafted_block`), the loss still",
         "  on the real next block. An accepted draft becomes the target's context, and trained on real contexts (plus",
         "  Gaussian noise) only, the target carried a draft's lumpy shape into its next block as a smear. It learns",
-        "  to steer back onto the prompt's track instead; Results: SDVG, below, for what it changed.",
+        "  to steer back onto the prompt's track instead (Benchmark, below: what it changed).",
         "  No distillation stage: with distance-field latents and a decoder that",
         "  thresholds them, the 4-step sampler's final x0 prediction (a conditional mean) renders sharp. Both sample",
         "  with sdvg's 4-step sampler and block-causal KV cache. Weights: plain safetensors in the original Wan2.1 key",
@@ -304,11 +309,12 @@ def write_card(weights: Path, info: dict, path: Path = CARD) -> Path:
         "  mean of both orders, one merged blob of both colours (two-object held-out 0.21, train 0.22). Trained",
         "  with the token-role probe and half two-object videos (this recipe) the same probe reads every word's",
         "  object (100%) and the target draws the two objects in their own colours, mostly apart in their own lanes:",
-        "  0.47 held-out, 0.57 train. What is left: some pairs still overlap (a big cyan square bouncing up and down",
-        "  and a yellow triangle moving right on red), the objects drift off their motion and their shapes smear",
-        "  (shape 0.27-0.30 against 0.56-0.67 for one object). The first version of this recipe (phase 1 at 1200",
-        "  steps, half two-object videos in the deepenings too) reached two objects 0.40 but one object only 0.59",
-        "  held-out; 15% two-object videos in the deepenings brought one object back (0.81 here). The drafter, with",
+        "  0.45 held-out, 0.56 train (0.47 and 0.57 before the recover stage). What is left: some pairs still overlap",
+        "  (a big cyan square bouncing up and down and a yellow triangle moving right on red), the objects drift off",
+        "  their motion and their shapes smear (shape 0.28-0.29 against 0.59-0.68 for one object). The first",
+        "  version of this recipe (phase 1 at 1200 steps, half two-object videos in the deepenings too) reached two",
+        "  objects 0.40 but one object only 0.59 held-out; 15% two-object videos in the deepenings brought one object",
+        "  back (0.81 here). The drafter, with",
         f"  3 layers and {info['budget'].get('drafter_two_objects', 0.15):.0%} two-object videos, often fails them"
         f" ({ho.get('draft_two', {}).get('quality', float('nan')):.2f}: objects missing or merged; with 15% it scored",
         "  0.24 and the critic accepted none of them; with 30%, 0.34, and SDVG's bench frontier was the same as with",
