@@ -267,7 +267,8 @@ P_BLOCK0 = 0.5  # block 0 is made from the text alone (the hardest, and the chea
 
 
 @torch.no_grad()
-def drafted_block(drafter, ctx_lat: torch.Tensor, ctx: torch.Tensor, gen: torch.Generator, t: float, table) -> torch.Tensor:
+def drafted_block(drafter, ctx_lat: torch.Tensor, ctx: torch.Tensor, gen: torch.Generator, t: float,
+                  table) -> torch.Tensor:
     """The drafter's version of the last block of `ctx_lat` (normalised latents [B,C,T,H,W]): its x0 prediction from
     that block noised to timestep t, after the clean blocks before it (how it makes a block's final step)."""
     from sdvg.sampler import sigma_of
