@@ -271,16 +271,15 @@ def drafted_block(drafter, ctx_lat: torch.Tensor, ctx: torch.Tensor, gen: torch.
                   table) -> torch.Tensor:
     """The drafter's version of the last block of `ctx_lat` (normalised latents [B,C,T,H,W]): its x0 prediction from
     that block noised to timestep t, after the clean blocks before it (how it makes a block's final step)."""
-    from sdvg.sampler import sigma_of
+    from sdvg.sampler import add_noise, to_x0
 
     fpb = spec.VIDEO.frames_per_block
     last = ctx_lat[:, :, -fpb:]
-    sig = float(sigma_of(t, table))
-    xt = (1 - sig) * last + sig * torch.randn(last.shape, generator=gen)
+    xt = add_noise(last, torch.randn(last.shape, generator=gen), t, table)
     tt = torch.zeros(ctx_lat.shape[0], ctx_lat.shape[2])
     tt[:, -fpb:] = t
     v = drafter(torch.cat([ctx_lat[:, :, :-fpb], xt], 2), tt, ctx, block_frames=fpb)
-    return xt - sig * v[:, :, -fpb:]
+    return to_x0(v[:, :, -fpb:], xt, t, table)
 
 
 def dit_step(dit, lat: torch.Tensor, ctx: torch.Tensor, rng: np.random.Generator, gen: torch.Generator,
